@@ -1,0 +1,77 @@
+"""The contract every PEFT method meets, and the method registry.
+
+A method takes a frozen model (spec and batched weights) and gives trainable tensors with a
+leading problem dimension B, a forward that uses them, and its trainable parameter count.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol
+
+import torch
+from torch import Tensor
+
+from peftaudit.errors import InputError, UnknownNameError
+from peftaudit.models.spec import ModelSpec
+
+Params = Mapping[str, Tensor]
+
+
+class Method(Protocol):
+    name: str
+    size_name: str  # what the size argument means: "length" or "rank"
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        """Fresh random trainable tensors for `batch` problems (none uses knowledge of targets)."""
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        """Final states of the input positions, (B, E, n, d), for X of shape (B, E, n, d)."""
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        """Trainable parameters of one problem at this size."""
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        """Project in place onto the norm ball of radius `bound` (methods without one raise)."""
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
+    """Class decorator: make a method constructible by name."""
+    def wrap(factory: Callable[..., Method]) -> Callable[..., Method]:
+        _REGISTRY[name] = factory
+        return factory
+    return wrap
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, **options: object) -> Method:
+    """Construct a registered method; unknown names list the known ones."""
+    from . import full, lora, prefix, prompt  # noqa: F401  (registration side effect)
+    if name not in _REGISTRY:
+        raise UnknownNameError("method", name, list(_REGISTRY))
+    return _REGISTRY[name](**options)
+
+
+def check_size(method: str, size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InputError(f"{method} size", size, "a positive integer")
+    return size
+
+
+def randn(generator: torch.Generator, *shape: int, scale: float, dtype: torch.dtype,
+          device: str | torch.device) -> Tensor:
+    """Seeded normal draws made on the CPU (reproducible on every device), then moved."""
+    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+def project_rows(t: Tensor, bound: float) -> None:
+    """Scale each token (last axis) of t in place to Euclidean norm at most `bound`."""
+    with torch.no_grad():
+        norms = t.norm(dim=-1, keepdim=True).clamp_min(bound)
+        t.mul_(bound / norms)

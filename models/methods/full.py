@@ -1,0 +1,34 @@
+"""Full fine-tuning: every weight moves (a trainable delta on each)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from peftaudit.errors import InputError
+from peftaudit.models.spec import ModelSpec
+from peftaudit.models.transformer import forward
+
+from .base import Params, randn, register_method
+
+
+@register_method("full")
+class FullFineTuning:
+    name = "full"
+    size_name = "size"  # ignored: full fine-tuning has one size
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        return {name: randn(generator, batch, *shape, scale=0.1, dtype=dtype, device=device)
+                for name, shape in spec.weight_shapes()}
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        return forward(spec, {name: params[name] + trainable[name] for name in params}, X)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return sum(math.prod(shape) for _, shape in spec.weight_shapes())
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        raise InputError("norm bound", bound, "no norm bound for full fine-tuning")

@@ -1,0 +1,71 @@
+"""LoRA: W <- W + B A with rank r on a chosen set of matrices (SPEC section 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from peftaudit.errors import InputError
+from peftaudit.models.spec import ModelSpec
+from peftaudit.models.transformer import forward
+
+from .base import Params, check_size, randn, register_method
+
+TARGETS = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo", "1": "W1", "2": "W2"}
+
+
+def parse_targets(targets: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'v,q' or ['v', 'q'] -> ('q', 'v'); rejects unknown letters."""
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    items = [t.strip().removeprefix("W").lower() for t in items if t.strip()]
+    for t in items:
+        if t not in TARGETS:
+            raise InputError("lora targets", t, "letters among q, k, v, o, 1, 2 (for Wq, Wk, Wv, Wo, W1, W2)")
+    if not items:
+        raise InputError("lora targets", targets, "at least one of q, k, v, o, 1, 2")
+    return tuple(sorted(set(items), key=list(TARGETS).index))
+
+
+def adapted_matrices(spec: ModelSpec, targets: tuple[str, ...]) -> list[tuple[str, tuple[int, int]]]:
+    """(weight name, shape) of every matrix a LoRA with these targets adapts."""
+    wanted = {TARGETS[t] for t in targets}
+    found = [(name, shape) for name, shape in spec.weight_shapes() if name.rsplit(".", 1)[-1] in wanted]
+    if not found:
+        raise InputError("lora targets", ",".join(targets), "targets naming matrices this model has")
+    return found  # type: ignore[return-value]
+
+
+@register_method("lora")
+class LoRA:
+    name = "lora"
+    size_name = "rank"
+
+    def __init__(self, targets: str | tuple[str, ...] = "v"):
+        self.targets = parse_targets(targets)
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        check_size(self.name, size)
+        out = {}
+        for name, (rows, cols) in adapted_matrices(spec, self.targets):
+            out[name + ".A"] = randn(generator, batch, size, cols, scale=cols ** -0.5, dtype=dtype, device=device)
+            out[name + ".B"] = randn(generator, batch, rows, size, scale=0.5, dtype=dtype, device=device)
+        return out
+
+    def adapted(self, params: Params, trainable: Params) -> dict[str, Tensor]:
+        """The model weights with every low-rank update added."""
+        new = dict(params)
+        for key, A in trainable.items():
+            if key.endswith(".A"):
+                name = key[:-2]
+                new[name] = params[name] + trainable[name + ".B"] @ A  # (B,rows,r) @ (B,r,cols)
+        return new
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        return forward(spec, self.adapted(params, trainable), X)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return sum(size * (rows + cols) for _, (rows, cols) in adapted_matrices(spec, self.targets))
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        raise InputError("norm bound", bound, "no norm bound for LoRA (it applies to prompts and prefixes)")

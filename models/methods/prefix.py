@@ -1,0 +1,64 @@
+"""Prefix tuning: extra keys and values in every attention of every layer.
+
+Two styles (SPEC section 1): "prefix-kv" (peft style: free key and value vectors per head) and
+"prefix" (hidden-state style: free prefix states per layer that pass through W_k and W_v).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from peftaudit.models.spec import ModelSpec
+from peftaudit.models.transformer import forward
+
+from .base import Params, check_size, project_rows, randn, register_method
+
+
+@register_method("prefix")
+class PrefixStates:
+    name = "prefix"
+    size_name = "length"
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        check_size(self.name, size)
+        return {f"layers.{li}.states": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)
+                for li in range(len(spec.layers))}  # each (B,m,d)
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        return forward(spec, params, X, prefix=trainable)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return size * spec.d * len(spec.layers)
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        for t in trainable.values():
+            project_rows(t, bound)
+
+
+@register_method("prefix-kv")
+class PrefixKeyValue:
+    name = "prefix-kv"
+    size_name = "length"
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        check_size(self.name, size)
+        out = {}
+        for li, layer in enumerate(spec.layers):
+            for hi, head in enumerate(layer.heads):
+                p = f"layers.{li}.heads.{hi}."
+                out[p + "K"] = randn(generator, batch, size, head.k, scale=1.0, dtype=dtype, device=device)  # (B,m,k)
+                out[p + "V"] = randn(generator, batch, size, head.v, scale=1.0, dtype=dtype, device=device)  # (B,m,v)
+        return out
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        return forward(spec, params, X, prefix=trainable)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return size * sum(h.k + h.v for layer in spec.layers for h in layer.heads)
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        for t in trainable.values():
+            project_rows(t, bound)

@@ -1,0 +1,31 @@
+"""Soft prompt tuning: m_p free tokens prepended to every input, shared across examples."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from peftaudit.models.spec import ModelSpec
+from peftaudit.models.transformer import forward
+
+from .base import Params, check_size, project_rows, randn, register_method
+
+
+@register_method("prompt")
+class SoftPrompt:
+    name = "prompt"
+    size_name = "length"
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        check_size(self.name, size)
+        return {"prompt": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)}  # (B,m_p,d)
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        return forward(spec, params, X, prompt=trainable["prompt"])
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return size * spec.d
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        project_rows(trainable["prompt"], bound)

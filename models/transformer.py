@@ -1,0 +1,113 @@
+"""The reference transformer of SPEC section 1, batched over a leading problem dimension.
+
+Everything here is a pure function of (spec, params, inputs), so the search can optimize
+thousands of problems as one tensor program and torch.func can differentiate per problem.
+
+Shapes: B problems, E examples per problem, n input tokens, m_p prompt tokens, d model dim.
+`params` maps weight names (see spec.py) to tensors with a leading B dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .spec import ModelSpec
+
+LAYERNORM_EPS = 1e-5
+
+
+def to_torch(weights: Mapping[str, np.ndarray], batch: int = 1, *, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Unbatched numpy weights -> torch tensors with a leading batch dimension (a view, no copy)."""
+    return {name: torch.as_tensor(np.asarray(w), dtype=dtype, device=device).unsqueeze(0).expand(batch, *np.shape(w))
+            for name, w in weights.items()}
+
+
+def stack_weights(weights: list[Mapping[str, np.ndarray]], *, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Weights of several models with one spec -> tensors with a leading batch dimension."""
+    return {name: torch.as_tensor(np.stack([w[name] for w in weights]), dtype=dtype, device=device)
+            for name in weights[0]}
+
+
+def _attention_mask(spec: ModelSpec, total: int, n_prefix: int, device: torch.device) -> Tensor | None:
+    """Boolean (T, n_prefix + T) mask of allowed keys; None when every key is allowed."""
+    if spec.attention == "encoder":
+        return None
+    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+    visible_prefix = torch.ones(total, n_prefix, dtype=torch.bool, device=device)
+    return torch.cat([visible_prefix, causal], dim=1)
+
+
+def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
+              prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Sum over heads of Wo Wv [prefix, Z] softmax(logits); Z: (B, E, T, d) -> (B, E, T, d)."""
+    B, E, T, _ = Z.shape
+    out = torch.zeros_like(Z)
+    n_prefix = 0
+    for h, head in enumerate(spec.layers[layer].heads):
+        p = f"layers.{layer}.heads.{h}."
+        Wq, Wk, Wv = params[p + "Wq"], params[p + "Wk"], params[p + "Wv"]  # (B,k,d) (B,k,d) (B,v,d)
+        q = torch.einsum("betd,bkd->betk", Z, Wq)                            # (B,E,T,k)
+        k = torch.einsum("betd,bkd->betk", Z, Wk)                            # (B,E,T,k)
+        v = torch.einsum("betd,bvd->betv", Z, Wv)                            # (B,E,T,v)
+        if prefix is not None:
+            if p + "K" in prefix:  # peft style: free key and value vectors
+                pk, pv = prefix[p + "K"], prefix[p + "V"]                    # (B,m,k) (B,m,v)
+            else:                  # hidden-state style: prefix states pass through Wk, Wv
+                states = prefix[f"layers.{layer}.states"]                    # (B,m,d)
+                pk = torch.einsum("bmd,bkd->bmk", states, Wk)
+                pv = torch.einsum("bmd,bvd->bmv", states, Wv)
+            n_prefix = pk.shape[1]
+            k = torch.cat([pk.unsqueeze(1).expand(B, E, *pk.shape[1:]), k], dim=2)  # (B,E,m+T,k)
+            v = torch.cat([pv.unsqueeze(1).expand(B, E, *pv.shape[1:]), v], dim=2)  # (B,E,m+T,v)
+        logits = torch.einsum("betk,besk->bets", q, k)                       # (B,E,T,m+T)
+        mask = _attention_mask(spec, T, n_prefix, Z.device)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)                              # (B,E,T,m+T)
+        head_out = torch.einsum("bets,besv->betv", weights, v)               # (B,E,T,v)
+        if head.has_wo:
+            head_out = torch.einsum("betv,bdv->betd", head_out, params[p + "Wo"])  # (B,E,T,d)
+        out = out + head_out
+    return out
+
+
+def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor) -> Tensor:
+    """Token-wise MLP; residual adds H. H: (B, E, T, d) -> (B, E, T, d)."""
+    p = f"layers.{layer}."
+    W1, b1, W2, b2 = params[p + "W1"], params[p + "b1"], params[p + "W2"], params[p + "b2"]
+    hidden = torch.relu(torch.einsum("betd,bhd->beth", H, W1) + b1[:, None, None, :])  # (B,E,T,h)
+    branch = torch.einsum("beth,bdh->betd", hidden, W2) + b2[:, None, None, :]         # (B,E,T,d)
+    return H + branch if spec.mlp == "residual" else branch
+
+
+def layer_forward(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
+                  prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+    """tau(Z) = MLP(Z + Att(Z, Z)), with optional layer norm before the MLP."""
+    H = Z + attention(spec, params, layer, Z, prefix)                        # (B,E,T,d)
+    if spec.layernorm:
+        H = torch.nn.functional.layer_norm(H, H.shape[-1:], eps=LAYERNORM_EPS)
+    return mlp(spec, params, layer, H)
+
+
+def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt: Tensor | None = None,
+            prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Final states of the input positions.
+
+    X: (B, E, n, d) inputs; prompt: (B, m_p, d) shared by the E examples of a problem (prepended,
+    never positionally encoded); prefix: per-layer extra keys/values. Returns (B, E, n, d).
+    """
+    B, E, n, d = X.shape
+    if spec.positions:
+        X = X + params["positional"][:, None, :n, :]                          # (B,E,n,d)
+    Z = X
+    if prompt is not None:
+        Z = torch.cat([prompt.unsqueeze(1).expand(B, E, *prompt.shape[1:]), X], dim=2)  # (B,E,m_p+n,d)
+    for layer in range(len(spec.layers)):
+        Z = layer_forward(spec, params, layer, Z, prefix)
+    return Z[:, :, Z.shape[2] - n:, :]

@@ -1,0 +1,396 @@
+"""Encoder for claims L1 and L1+ (SPEC sections 3-4): rigorous data, linear problem, certificate.
+
+Steps: check the hypotheses; compute exact tokens, rational enclosures of the attention outputs
+a_i (and of the normalisers S_i for L1+), and approximate inverses c_i of the MLP; bisect the
+radius delta with a float dual LP (HiGHS) to find the best certifiable radius; turn the float
+multipliers into exact rationals (repair, else z3 solves the dual exactly); and have the
+independent checker re-verify the result before anything is reported as certified.
+The linear system is documented in verify/check.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog
+
+from peftaudit.instance import Instance, to_dict
+
+from .check import CERT_FORMAT, check_certificate
+from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
+from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
+from .softmax_bounds import softmax_enclosure, sum_exp_enclosure
+
+CLAIMS = ("L1", "L1+")
+DEFAULT_TOLERANCE = 1e-9
+BISECTION_STEPS = 60
+INJECTIVITY_TIMEOUT_MS = 5_000
+LP_CONTRADICTION = 1e-9  # a float dual counts when its right-hand side is below -this * scale
+CERT_SHRINK = 1e-6  # certify at delta_best * (1 - CERT_SHRINK): slack for exact rounding
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    claim: str
+    status: str  # "certified" | "not-certified" | "not-applicable" | "unknown"
+    reason: str
+    margin: Fraction | None = None      # layer-output margin (certified only)
+    delta: Fraction | None = None       # attention-level radius the certificate proves
+    best_error: float | None = None     # attention-level radius where the relaxation turns feasible
+    members: tuple[int, ...] = ()
+    certificate: dict | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"claim": self.claim, "status": self.status,
+                "margin": float(self.margin) if self.margin is not None else None,
+                "attention_margin": float(self.delta) if self.delta is not None else None,
+                "best_error": self.best_error, "members": list(self.members), "reason": self.reason}
+
+
+@dataclass
+class _Data:
+    """Exact problem data for the members of a group sharing the last token."""
+    members: tuple[int, ...]
+    V: list            # (d, d) value map, exact
+    c: list            # per member, exact rational c_i
+    a_lo: list
+    a_hi: list
+    S_lo: list
+    S_hi: list
+    shift: Fraction
+    kappa: Fraction
+    residual: Fraction  # max_i ||MLP(x_0 + c_i) - y_i||_inf, exact
+
+
+def _group(inst: Instance) -> tuple[int, ...]:
+    """The largest set of examples with the same last input token (ties: first found)."""
+    groups: dict[bytes, list[int]] = {}
+    for i, ex in enumerate(inst.dataset):
+        groups.setdefault(np.asarray(ex.X[-1], np.float64).tobytes(), []).append(i)
+    best = max(groups.values(), key=len)
+    return tuple(best) if len(best) >= 2 else ()
+
+
+def hypotheses(inst: Instance) -> str | None:
+    """None when L1's hypotheses hold; otherwise why the claim does not apply."""
+    spec = inst.spec
+    if len(spec.layers) != 1:
+        return f"the model has {len(spec.layers)} layers; L1 is about a single layer"
+    if len(spec.layers[0].heads) != 1:
+        return f"the layer has {len(spec.layers[0].heads)} heads; L1 is about a single head"
+    if spec.layernorm:
+        return "layer norm is on; L1 assumes none"
+    if not _group(inst):
+        return "no two examples share the last input token"
+    mlp = MLPWeights.of_layer(spec.mlp, inst.weights)
+    if spec.mlp == "residual" and branch_lipschitz(mlp) < 1:
+        return None
+    inj = injectivity(mlp, timeout_ms=INJECTIVITY_TIMEOUT_MS)
+    if inj.status == "not-injective":
+        return f"the MLP is not injective ({inj.method})"
+    if inj.status == "unknown":
+        return f"MLP injectivity undecided ({inj.method})"
+    return ("the MLP is injective but no rigorous inverse-Lipschitz bound is available for it "
+            "(the margin needs a residual MLP with branch bound kappa < 1)")
+
+
+def _problem_data(inst: Instance, members: tuple[int, ...]) -> _Data:
+    w = inst.weights
+    p = "layers.0.heads.0."
+    Wv = qmat(w[p + "Wv"])
+    V = matmul(qmat(w[p + "Wo"]), Wv) if p + "Wo" in w else Wv
+    Wq, Wk = qmat(w[p + "Wq"]), qmat(w[p + "Wk"])
+    mlp = MLPWeights.of_layer(inst.spec.mlp, w)
+    E = qmat(w["positional"]) if inst.spec.positions else None
+    c, a_lo, a_hi, S_lo, S_hi, all_logits = [], [], [], [], [], []
+    residual = Fraction(0)
+    x0 = None
+    for i in members:
+        X = qmat(inst.dataset[i].X)
+        if E is not None:
+            X = [[a + b for a, b in zip(x, e)] for x, e in zip(X, E)]
+        x0 = X[-1]
+        key_direction = matvec(transpose(Wk), matvec(Wq, x0))  # logit_j = <x_j, Wk^T Wq x_0>
+        logits = [sum((a * b for a, b in zip(x, key_direction)), Fraction(0)) for x in X]
+        all_logits.append(logits)
+        s_lo, s_hi = softmax_enclosure(logits)
+        vals = [matvec(V, x) for x in X]
+        d = len(V)
+        a_lo.append([sum((min(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)])
+        a_hi.append([sum((max(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)])
+        y = inst.dataset[i].Y[-1]
+        x0_float = np.array([float(v) for v in x0])
+        ci = qvec(invert(mlp, y) - x0_float)
+        c.append(ci)
+        out = _mlp_exact(mlp, [a + b for a, b in zip(x0, ci)])
+        residual = max(residual, max(abs(o - t) for o, t in zip(out, qvec(y))))
+    shift = Fraction(round(max(float(l) for ls in all_logits for l in ls)))
+    for logits in all_logits:
+        lo, hi = sum_exp_enclosure(logits, shift)
+        S_lo.append(lo)
+        S_hi.append(hi)
+    return _Data(members, V, c, a_lo, a_hi, S_lo, S_hi, shift, branch_lipschitz(mlp), residual)
+
+
+def _mlp_exact(mlp: MLPWeights, h: Vec) -> Vec:
+    from .mlp import evaluate_exact
+    return evaluate_exact(mlp, h)
+
+
+# ------------------------------------------------------------------ the float dual LP
+
+def _dual_lp(data: _Data, delta: float, shared: bool) -> np.ndarray | None:
+    """Float multipliers (y+_i, y-_i [, mh_i, ml_i]) proving infeasibility at delta, or None.
+
+    Derived from the system in verify/check.py by eliminating the multipliers that the
+    identities fix: y_E = y+ - y-, y_Whi = y_Qlo = y+, y_Wlo = y_Qhi = y-. Normalized by
+    sum |y| = 1, it minimizes the combined right-hand side; a clearly negative optimum is a
+    (float) certificate. Bounded multipliers keep HiGHS honest near the feasibility boundary.
+    """
+    K, d = len(data.members), len(data.V)
+    per = 2 * d + (2 if shared else 0)
+    n = K * per
+    V = np.array([[float(x) for x in row] for row in data.V])
+    A_eq = np.zeros((d + 1, n))
+    b_eq = np.zeros(d + 1)
+    A_ub, b_ub = [], []
+    objective = np.zeros(n)
+    shared_row = np.zeros(n)
+    scale = 1.0
+    for i in range(K):
+        o = i * per
+        c = np.array([float(x) for x in data.c[i]])
+        lo = np.array([float(x) for x in data.a_lo[i]])
+        hi = np.array([float(x) for x in data.a_hi[i]])
+        scale = max(scale, np.abs(c).max(), np.abs(hi).max(), np.abs(lo).max())
+        A_eq[:d, o:o + d] = V.T
+        A_eq[:d, o + d:o + 2 * d] = -V.T
+        A_eq[d, o:o + 2 * d] = 1.0
+        row = np.zeros(n)  # y_S_i >= 0 written as <= 0
+        row[o:o + d] = c + delta - lo
+        row[o + d:o + 2 * d] = hi - c + delta
+        if shared:
+            row[o + 2 * d] = -1.0      # -mh
+            row[o + 2 * d + 1] = 1.0   # +ml
+            shared_row[o + 2 * d] = float(data.S_hi[i])
+            shared_row[o + 2 * d + 1] = -float(data.S_lo[i])
+        A_ub.append(row)
+        b_ub.append(0.0)
+        objective[o:o + d] = c + delta
+        objective[o + d:o + 2 * d] = -(c - delta)
+    b_eq[d] = 1.0
+    if shared:
+        A_ub.append(shared_row)
+        b_ub.append(0.0)
+    res = linprog(objective, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=A_eq, b_eq=b_eq,
+                  bounds=(0, None), method="highs")
+    if res.status != 0 or res.fun > -LP_CONTRADICTION * scale:
+        return None
+    return res.x
+
+
+def _bisect(data: _Data, shared: bool) -> tuple[float, np.ndarray | None]:
+    """Largest delta with a float dual solution (0.0 and None when even delta = 0 has none)."""
+    sol0 = _dual_lp(data, 0.0, shared)
+    if sol0 is None:
+        return 0.0, None
+    hi = max(1.0, *(abs(float(x)) for v in data.c + data.a_hi + data.a_lo for x in v))
+    while _dual_lp(data, hi, shared) is not None:
+        hi *= 4
+    lo, best = 0.0, sol0
+    for _ in range(BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        sol = _dual_lp(data, mid, shared)
+        if sol is not None:
+            lo, best = mid, sol
+        else:
+            hi = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    return lo, best
+
+
+# ------------------------------------------------------------------ exact multipliers
+
+def _multipliers_from(data: _Data, ys: list[Vec], mh: list[Fraction], ml: list[Fraction],
+                      delta: Fraction, shared: bool) -> dict:
+    """Full multiplier families of the check.py system from y_i (and mh, ml for L1+)."""
+    fam: dict[str, Any] = {k: [] for k in ("E", "Whi", "Wlo", "Qhi", "Qlo", "S")}
+    if shared:
+        fam["Mhi"], fam["Mlo"] = list(mh), list(ml)
+    for i, y in enumerate(ys):
+        yp = [v if v > 0 else Fraction(0) for v in y]
+        ym = [-v if v < 0 else Fraction(0) for v in y]
+        c, lo, hi = data.c[i], data.a_lo[i], data.a_hi[i]
+        yS = sum(((lo[k] - c[k] - delta) * yp[k] + (c[k] - delta - hi[k]) * ym[k] for k in range(len(y))), Fraction(0))
+        if shared:
+            yS += mh[i] - ml[i]
+        fam["E"].append(y)
+        fam["Whi"].append(yp)
+        fam["Wlo"].append(ym)
+        fam["Qhi"].append(ym)
+        fam["Qlo"].append(yp)
+        fam["S"].append(yS)
+    if shared:
+        fam["N"] = sum((data.S_lo[i] * ml[i] - data.S_hi[i] * mh[i] for i in range(len(ys))), Fraction(0))
+    return fam
+
+
+def _repair(data: _Data, sol: np.ndarray, shared: bool) -> tuple[list, list, list, Fraction]:
+    """Exact multipliers from a float dual solution, and the largest radius they prove.
+
+    y_i are the exact values of the floats, with the last one reset so that sum_i y_i = 0
+    exactly (hence sum_i V^T y_i = 0). For fixed multipliers every remaining condition is
+    linear in delta, so the radius they certify is computed exactly instead of guessed.
+    """
+    K, d = len(data.members), len(data.V)
+    per = 2 * d + (2 if shared else 0)
+    ys = [[q(sol[i * per + k]) - q(sol[i * per + d + k]) for k in range(d)] for i in range(K)]
+    ys[-1] = [-sum((ys[i][k] for i in range(K - 1)), Fraction(0)) for k in range(d)]
+    mh = [q(sol[i * per + 2 * d]) for i in range(K)] if shared else []
+    ml = [q(sol[i * per + 2 * d + 1]) for i in range(K)] if shared else []
+    if shared:
+        give = sum((data.S_hi[i] * mh[i] for i in range(K)), Fraction(0))
+        take = sum((data.S_lo[i] * ml[i] for i in range(K)), Fraction(0))
+        if take < give:  # shrink mh so that the sigma multiplier N stays >= 0
+            mh = [m * take / give for m in mh]
+    bound: Fraction | None = None
+    total_c, total_norm = Fraction(0), Fraction(0)
+    for i, y in enumerate(ys):
+        c, lo, hi = data.c[i], data.a_lo[i], data.a_hi[i]
+        base = sum(((lo[k] - c[k]) * y[k] if y[k] > 0 else (c[k] - hi[k]) * -y[k] for k in range(d)), Fraction(0))
+        if shared:
+            base += mh[i] - ml[i]
+        norm = sum((abs(v) for v in y), Fraction(0))
+        if norm:
+            bound = base / norm if bound is None else min(bound, base / norm)
+        elif base < 0:
+            return ys, mh, ml, Fraction(-1)
+        total_c += sum((a * b for a, b in zip(c, y)), Fraction(0))
+        total_norm += norm
+    if total_norm == 0 or total_c >= 0:
+        return ys, mh, ml, Fraction(-1)
+    strict = -total_c / total_norm * (1 - Fraction(1, 1 << 30))  # the right-hand side must stay < 0
+    return ys, mh, ml, strict if bound is None else min(bound, strict)
+
+
+def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int) -> dict | None:
+    """Exact multipliers from z3 (linear real arithmetic), or None (unsat / unknown)."""
+    import z3
+
+    K, d = len(data.members), len(data.V)
+
+    def num(x: Fraction) -> z3.ArithRef:
+        return z3.Q(x.numerator, x.denominator)
+
+    s = z3.Solver()
+    s.set("timeout", timeout_ms)
+    yp = [[z3.Real(f"yp_{i}_{k}") for k in range(d)] for i in range(K)]
+    ym = [[z3.Real(f"ym_{i}_{k}") for k in range(d)] for i in range(K)]
+    mh = [z3.Real(f"mh_{i}") for i in range(K)]
+    ml = [z3.Real(f"ml_{i}") for i in range(K)]
+    for i in range(K):
+        s.add(*[v >= 0 for v in yp[i] + ym[i]])
+    for col in range(d):
+        s.add(z3.Sum([num(data.V[r][col]) * (yp[i][r] - ym[i][r]) for i in range(K) for r in range(d)
+                      if data.V[r][col]] or [z3.RealVal(0)]) == 0)
+    norm = []
+    for i in range(K):
+        c, lo, hi = data.c[i], data.a_lo[i], data.a_hi[i]
+        terms = [num(lo[k] - c[k] - delta) * yp[i][k] + num(c[k] - delta - hi[k]) * ym[i][k] for k in range(d)]
+        if shared:
+            s.add(mh[i] >= 0, ml[i] >= 0)
+            terms += [mh[i], -ml[i]]
+        s.add(z3.Sum(terms) >= 0)
+        norm += [num(c[k] + delta) * yp[i][k] - num(c[k] - delta) * ym[i][k] for k in range(d)]
+    s.add(z3.Sum(norm) <= -1)
+    if shared:
+        s.add(z3.Sum([num(data.S_lo[i]) * ml[i] - num(data.S_hi[i]) * mh[i] for i in range(K)]) >= 0)
+    if s.check() != z3.sat:
+        return None
+    model = s.model()
+
+    def val(v: z3.ArithRef) -> Fraction:
+        r = model.eval(v, model_completion=True)
+        return Fraction(r.numerator_as_long(), r.denominator_as_long())
+    ys = [[val(yp[i][k]) - val(ym[i][k]) for k in range(d)] for i in range(K)]
+    return _multipliers_from(data, ys, [val(v) for v in mh] if shared else [],
+                             [val(v) for v in ml] if shared else [], delta, shared)
+
+
+def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margin: Fraction,
+                 multipliers: dict, tolerance: float) -> dict:
+    def enc(x: Any) -> Any:
+        if isinstance(x, Fraction):
+            return frac_str(x)
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, dict):
+            return {k: enc(v) for k, v in x.items()}
+        return x
+    entries = []
+    for i in range(len(data.members)):
+        entry = {"c": data.c[i], "a_lo": data.a_lo[i], "a_hi": data.a_hi[i]}
+        if claim == "L1+":
+            entry.update(S_lo=data.S_lo[i], S_hi=data.S_hi[i])
+        entries.append(entry)
+    cert = {"format": CERT_FORMAT, "claim": claim, "instance": to_dict(inst), "members": list(data.members),
+            "delta": delta, "margin": margin, "data": entries, "multipliers": multipliers,
+            "info": {"tolerance": tolerance, "kappa": float(data.kappa), "residual": float(data.residual),
+                     "margin_float": float(margin), "delta_float": float(delta)}}
+    if claim == "L1+":
+        cert["logit_shift"] = data.shift
+    return enc(cert)
+
+
+def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERANCE,
+            timeout_ms: int = 60_000) -> CertifyResult:
+    """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin."""
+    if claim not in CLAIMS:
+        from peftaudit.errors import UnknownNameError
+        raise UnknownNameError("claim", claim, list(CLAIMS))
+    why = hypotheses(inst)
+    if why is not None:
+        return CertifyResult(claim, "not-applicable", why)
+    shared = claim == "L1+"
+    data = _problem_data(inst, _group(inst))
+    one_minus_kappa = 1 - data.kappa
+    best, sol = _bisect(data, shared)
+    if sol is None or best <= 0:
+        return CertifyResult(claim, "not-certified", "the relaxation is feasible at delta = 0: some prompt may "
+                             "memorize the data (no certificate can exist)", best_error=0.0, members=data.members)
+    delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
+    margin = one_minus_kappa * delta - data.residual
+    if float(margin) <= tolerance:
+        return CertifyResult(claim, "not-certified",
+                             f"best layer-output margin {float(margin):.3g} is not above the tolerance {tolerance:g}",
+                             best_error=best, members=data.members)
+    how = "float LP multipliers, made exact"
+    ys, mh, ml, radius = _repair(data, sol, shared)
+    delta = min(delta, radius)
+    margin = one_minus_kappa * delta - data.residual
+    cert = None
+    if float(margin) > tolerance:
+        cert = _certificate(inst, claim, data, delta, margin, _multipliers_from(data, ys, mh, ml, delta, shared),
+                            tolerance)
+    if cert is None or not check_certificate(cert).valid:
+        how = "z3 exact dual"
+        delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
+        margin = one_minus_kappa * delta - data.residual
+        mult = _z3_multipliers(data, delta, shared, timeout_ms)
+        if mult is None:
+            return CertifyResult(claim, "unknown", "no exact multipliers: the float LP's did not survive exact "
+                                 "arithmetic and z3 found none in time", best_error=best, members=data.members)
+        cert = _certificate(inst, claim, data, delta, margin, mult, tolerance)
+        result = check_certificate(cert)
+        if not result.valid:
+            return CertifyResult(claim, "unknown", f"exact check failed: {result.reason}", best_error=best,
+                                 members=data.members)
+    return CertifyResult(claim, "certified",
+                         f"no prompt of any length gets the last-token error below {float(margin):.6g} "
+                         f"(attention radius {float(delta):.6g}, kappa {float(data.kappa):.3g}; {how}; checked)",
+                         margin=margin, delta=delta, best_error=best, members=data.members, certificate=cert)

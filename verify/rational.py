@@ -1,0 +1,68 @@
+"""Exact rational helpers for the encoders: binary64 -> Fraction, vectors, outward rounding.
+
+(The independent checker, verify/check.py, has its own arithmetic and imports nothing here.)
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+import numpy as np
+
+Vec = list  # list[Fraction]
+Mat = list  # list[list[Fraction]], rows; acts as M @ x
+
+GRID_BITS = 120  # outward rounding grid 2^-120 for enclosure endpoints
+
+
+def q(x: float) -> Fraction:
+    """The exact rational value of a binary64 number (never via str)."""
+    return Fraction(float(x))
+
+
+def qvec(a: Iterable[float]) -> Vec:
+    return [q(x) for x in a]
+
+
+def qmat(a: np.ndarray) -> Mat:
+    return [qvec(row) for row in np.atleast_2d(a)]
+
+
+def matvec(M: Mat, x: Sequence[Fraction]) -> Vec:
+    return [sum((m * xi for m, xi in zip(row, x)), Fraction(0)) for row in M]
+
+
+def matmul(A: Mat, B: Mat) -> Mat:
+    cols = list(zip(*B))
+    return [[sum((a * b for a, b in zip(row, col)), Fraction(0)) for col in cols] for row in A]
+
+
+def transpose(M: Mat) -> Mat:
+    return [list(col) for col in zip(*M)]
+
+
+def dot(x: Sequence[Fraction], y: Sequence[Fraction]) -> Fraction:
+    return sum((a * b for a, b in zip(x, y)), Fraction(0))
+
+
+def inf_norm(x: Sequence[Fraction]) -> Fraction:
+    return max((abs(v) for v in x), default=Fraction(0))
+
+
+def round_down(x: Fraction, bits: int = GRID_BITS) -> Fraction:
+    return Fraction(math.floor(x * (1 << bits)), 1 << bits)
+
+
+def round_up(x: Fraction, bits: int = GRID_BITS) -> Fraction:
+    return Fraction(math.ceil(x * (1 << bits)), 1 << bits)
+
+
+def frac_str(x: Fraction) -> str:
+    return f"{x.numerator}/{x.denominator}"
+
+
+def rationalize(x: float, max_den: int = 1 << 40) -> Fraction:
+    """A short rational near a float (for multipliers proposed by a float LP)."""
+    return Fraction(float(x)).limit_denominator(max_den)
