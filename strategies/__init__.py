@@ -1,0 +1,1 @@
+"""Hypothesis strategies and seeded builders for weights, datasets and instances."""

@@ -75,8 +75,12 @@ def _group(inst: Instance) -> tuple[int, ...]:
     return tuple(best) if len(best) >= 2 else ()
 
 
-def hypotheses(inst: Instance) -> str | None:
-    """None when L1's hypotheses hold; otherwise why the claim does not apply."""
+def hypotheses(inst: Instance, decide_injectivity: bool = False) -> str | None:
+    """None when L1's hypotheses hold; otherwise why the claim does not apply.
+
+    decide_injectivity: for an MLP without a margin bound, also decide injectivity exactly (z3),
+    to say whether the MLP is not injective at all (slower; the CLI does it).
+    """
     spec = inst.spec
     if len(spec.layers) != 1:
         return f"the model has {len(spec.layers)} layers; L1 is about a single layer"
@@ -89,6 +93,9 @@ def hypotheses(inst: Instance) -> str | None:
     mlp = MLPWeights.of_layer(spec.mlp, inst.weights)
     if spec.mlp == "residual" and branch_lipschitz(mlp) < 1:
         return None
+    if not decide_injectivity:
+        return (f"no rigorous inverse-Lipschitz bound for this {spec.mlp} MLP (the margin needs a residual MLP "
+                "with branch bound kappa < 1); injectivity not decided")
     inj = injectivity(mlp, timeout_ms=INJECTIVITY_TIMEOUT_MS)
     if inj.status == "not-injective":
         return f"the MLP is not injective ({inj.method})"
@@ -278,8 +285,8 @@ def _repair(data: _Data, sol: np.ndarray, shared: bool) -> tuple[list, list, lis
     return ys, mh, ml, strict if bound is None else min(bound, strict)
 
 
-def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int) -> dict | None:
-    """Exact multipliers from z3 (linear real arithmetic), or None (unsat / unknown)."""
+def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int) -> dict | str | None:
+    """Exact multipliers from z3 (linear real arithmetic); "unsat" when none exist, None on timeout."""
     import z3
 
     K, d = len(data.members), len(data.V)
@@ -310,7 +317,10 @@ def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int)
     s.add(z3.Sum(norm) <= -1)
     if shared:
         s.add(z3.Sum([num(data.S_lo[i]) * ml[i] - num(data.S_hi[i]) * mh[i] for i in range(K)]) >= 0)
-    if s.check() != z3.sat:
+    verdict = s.check()
+    if verdict == z3.unsat:
+        return "unsat"
+    if verdict != z3.sat:
         return None
     model = s.model()
 
@@ -348,12 +358,12 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
 
 
 def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERANCE,
-            timeout_ms: int = 60_000) -> CertifyResult:
+            timeout_ms: int = 60_000, decide_injectivity: bool = False) -> CertifyResult:
     """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin."""
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
         raise UnknownNameError("claim", claim, list(CLAIMS))
-    why = hypotheses(inst)
+    why = hypotheses(inst, decide_injectivity)
     if why is not None:
         return CertifyResult(claim, "not-applicable", why)
     shared = claim == "L1+"
@@ -382,9 +392,13 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
         delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
         margin = one_minus_kappa * delta - data.residual
         mult = _z3_multipliers(data, delta, shared, timeout_ms)
+        if mult == "unsat":
+            return CertifyResult(claim, "not-certified", f"z3: no multipliers exist at attention radius "
+                                 f"{float(delta):.3g}, so the relaxation is feasible there (the float LP's "
+                                 f"{best:.3g} was a rounding artifact)", best_error=float(delta), members=data.members)
         if mult is None:
             return CertifyResult(claim, "unknown", "no exact multipliers: the float LP's did not survive exact "
-                                 "arithmetic and z3 found none in time", best_error=best, members=data.members)
+                                 "arithmetic and z3 timed out", best_error=best, members=data.members)
         cert = _certificate(inst, claim, data, delta, margin, mult, tolerance)
         result = check_certificate(cert)
         if not result.valid:

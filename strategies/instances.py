@@ -1,0 +1,145 @@
+"""Instance builders: the L1 family (skew, parallel and exact rays) and planted instances.
+
+Planted instances have targets computed from a known prompt or LoRA, so they are memorizable
+by construction; the planted object is recorded under meta["planted"] for the tests (the
+search never reads it). Every builder is a function of a numpy Generator.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from peftaudit.errors import InputError
+from peftaudit.instance import Instance, make_instance
+from peftaudit.models.methods.lora import adapted_matrices, parse_targets
+from peftaudit.models.spec import ModelSpec, simple_spec
+from peftaudit.models.transformer import forward, to_torch
+
+from .weights import generic_matrix, model_weights
+
+L1_VARIANTS = ("skew", "parallel", "exact")
+
+
+def model_outputs(spec: ModelSpec, weights: dict[str, np.ndarray], X: np.ndarray,
+                  prompt: np.ndarray | None = None) -> np.ndarray:
+    """Float64 reference outputs (E, n, d) of inputs X (E, n, d), optionally with a prompt (m_p, d)."""
+    W = to_torch(weights)
+    P = None if prompt is None else torch.as_tensor(prompt, dtype=torch.float64)[None]
+    with torch.no_grad():
+        return forward(spec, W, torch.as_tensor(X, dtype=torch.float64)[None], prompt=P)[0].numpy()
+
+
+def _last_token_attention(weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Att(x_0, X) of the single head of layer 0 at the last token (float)."""
+    p = "layers.0.heads.0."
+    logits = X @ weights[p + "Wk"].T @ (weights[p + "Wq"] @ X[-1])
+    s = np.exp(logits - logits.max())
+    out = weights[p + "Wv"] @ X.T @ (s / s.sum())
+    return weights[p + "Wo"] @ out if p + "Wo" in weights else out
+
+
+def _mlp(weights: dict[str, np.ndarray], h: np.ndarray) -> np.ndarray:
+    return h + weights["layers.0.W2"] @ np.maximum(weights["layers.0.W1"] @ h + weights["layers.0.b1"], 0) \
+        + weights["layers.0.b2"]
+
+
+def _diverging_directions(rng: np.random.Generator, a: list[np.ndarray], d: int) -> list[np.ndarray]:
+    """Directions e_i such that the rays a_i + e_i + t e_i (t >= 0) are far from meeting."""
+    for _ in range(1000):
+        e = [rng.normal(size=d) for _ in a]
+        if d >= 3:
+            return e
+        # in the plane: the lines meet at a_1 + t1 e_1 = a_2 + t2 e_2; the rays (t >= 1) must not
+        M = np.stack([e[0], -e[1]], axis=1)
+        if abs(np.linalg.det(M)) < 1e-3:
+            continue
+        t1, t2 = np.linalg.solve(M, a[1] - a[0])
+        if min(t1, t2) < 0.5:
+            return e
+    raise RuntimeError("no diverging rays found")  # not reached for generic draws
+
+
+def l1_instance(rng: np.random.Generator, d: int, variant: str = "skew", *, positional: bool = False,
+                output_map: bool = False, kappa: float = 0.5) -> Instance:
+    """Two examples [x_i, x_0] sharing x_0 whose targets need attention outputs c_i = a_i + e_i.
+
+    skew: independent directions (rays that never meet, robustly: d >= 3 skew, d = 2 diverging);
+    parallel: e_1 = e_2 (unmemorizable exactly, but only L1+ can give a robust margin, and only
+    when the two normalisers differ); exact: zero logits at x_0 (W_q x_0 = 0 exactly), so every
+    softmax is uniform and rational, with skew rays.
+    """
+    if variant not in L1_VARIANTS:
+        raise InputError("l1 variant", variant, "one of " + ", ".join(L1_VARIANTS))
+    if d < 2:
+        raise InputError("d", d, "an integer >= 2 for the L1 family")
+    if variant == "exact" and positional:
+        raise InputError("positional", positional, "no positional encoding for the exact variant")
+    from peftaudit.models.spec import HeadShape, LayerShape
+    head = HeadShape(k=d, v=d, has_wo=output_map)
+    spec = ModelSpec(d=d, layers=(LayerShape(heads=(head,), hidden=2 * d),), positions=2 if positional else 0)
+    weights = model_weights(rng, spec, kappa=kappa)
+    x0 = rng.normal(size=d)
+    if variant == "exact":
+        x0 = np.zeros(d)
+        x0[0] = rng.normal() + np.sign(rng.normal()) * 1.0
+        weights["layers.0.heads.0.Wq"][:, 0] = 0.0  # W_q x_0 = 0 exactly: all logits at x_0 vanish
+    X = [np.stack([rng.normal(size=d), x0]) for _ in range(2)]
+    encoded = [x + weights["positional"][:2] if positional else x for x in X]
+    a = [_last_token_attention(weights, x) for x in encoded]
+    if variant == "parallel":
+        e = [rng.normal(size=d)] * 2
+    else:
+        e = _diverging_directions(rng, a, d)
+    targets = [_mlp(weights, enc[-1] + ai + ei)[None, :] for enc, ai, ei in zip(encoded, a, e)]
+    return make_instance(spec, weights, list(zip(X, targets)),
+                         meta={"family": f"l1-{variant}", "d": d})
+
+
+def planted_prompt_instance(rng: np.random.Generator, d: int, length: int, *,
+                            mlp: Literal["residual", "plain"] = "residual",
+                            attention: Literal["encoder", "causal"] = "encoder",
+                            layers: int = 1, examples: int = 2, tokens: int = 2,
+                            targets: Literal["last", "all"] = "all", l1_shape: bool = True) -> Instance:
+    """Targets are the outputs under a hidden random prompt of `length` tokens: memorizable.
+
+    l1_shape: the examples share their last token (so L1's certifier applies to them).
+    """
+    if length < 1:
+        raise InputError("length", length, "a positive prompt length")
+    spec = simple_spec(d, layers=layers, mlp=mlp, attention=attention)
+    weights = model_weights(rng, spec)
+    X = rng.normal(size=(examples, tokens, d))
+    if l1_shape:
+        X[:, -1, :] = X[0, -1, :]
+    prompt = rng.normal(size=(length, d))
+    Y = model_outputs(spec, weights, X, prompt)
+    if targets == "last":
+        Y = Y[:, -1:, :]
+    return make_instance(spec, weights, list(zip(X, Y)),
+                         meta={"family": "planted-prompt", "planted": {"method": "prompt", "length": length,
+                                                                       "prompt": prompt.tolist()}})
+
+
+def planted_lora_instance(rng: np.random.Generator, d: int, rank: int = 1, lora_targets: str = "v", *,
+                          examples: int = 2, tokens: int = 2, targets: Literal["last", "all"] = "last",
+                          l1_shape: bool = True) -> Instance:
+    """Targets from the model with a hidden rank-`rank` LoRA on `lora_targets`: memorizable by LoRA."""
+    spec = simple_spec(d)
+    weights = model_weights(rng, spec)
+    adapted = dict(weights)
+    delta = {}
+    for name, (rows, cols) in adapted_matrices(spec, parse_targets(lora_targets)):
+        delta[name] = generic_matrix(rng, rows, rank) @ generic_matrix(rng, rank, cols)
+        adapted[name] = weights[name] + delta[name]
+    X = rng.normal(size=(examples, tokens, d))
+    if l1_shape:
+        X[:, -1, :] = X[0, -1, :]
+    Y = model_outputs(spec, adapted, X)
+    if targets == "last":
+        Y = Y[:, -1:, :]
+    return make_instance(spec, weights, list(zip(X, Y)),
+                         meta={"family": "planted-lora", "planted": {"method": "lora", "rank": rank,
+                                                                     "targets": lora_targets}})
