@@ -23,7 +23,7 @@ LAYERNORM_EPS = 1e-5
 def to_torch(weights: Mapping[str, np.ndarray], batch: int = 1, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
     """Unbatched numpy weights -> torch tensors with a leading batch dimension (a view, no copy)."""
-    return {name: torch.as_tensor(np.asarray(w), dtype=dtype, device=device).unsqueeze(0).expand(batch, *np.shape(w))
+    return {name: torch.tensor(np.asarray(w), dtype=dtype, device=device).unsqueeze(0).expand(batch, *np.shape(w))
             for name, w in weights.items()}
 
 

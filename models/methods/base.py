@@ -46,13 +46,18 @@ def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[...
     return wrap
 
 
+def _load_builtin() -> None:
+    from . import full, lora, prefix, prompt  # noqa: F401  (registration side effect)
+
+
 def method_names() -> list[str]:
+    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_method(name: str, **options: object) -> Method:
     """Construct a registered method; unknown names list the known ones."""
-    from . import full, lora, prefix, prompt  # noqa: F401  (registration side effect)
+    _load_builtin()
     if name not in _REGISTRY:
         raise UnknownNameError("method", name, list(_REGISTRY))
     return _REGISTRY[name](**options)

@@ -1,0 +1,84 @@
+"""The reference transformer against an independent loop, exact Fractions, and the SPEC lemma."""
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peftaudit.models.exact import evaluate
+from peftaudit.models.spec import simple_spec
+from peftaudit.models.transformer import attention, forward, to_torch
+from peftaudit.strategies.hyp import generic_instances, model_specs, rngs
+from peftaudit.strategies.weights import model_weights
+
+
+def torch_outputs(inst, prompt=None):
+    X = torch.as_tensor(inst.inputs())[None]
+    P = None if prompt is None else torch.as_tensor(prompt)[None]
+    return forward(inst.spec, to_torch(inst.weights), X, prompt=P)[0].numpy()
+
+
+@given(generic_instances(), st.integers(0, 3), rngs())
+def test_forward_matches_plain_token_loop(inst, prompt_len, rng):
+    prompt = rng.normal(size=(prompt_len, inst.spec.d)) if prompt_len else None
+    out = torch_outputs(inst, prompt)
+    for e, ex in enumerate(inst.dataset):
+        ref = np.array(evaluate(inst.spec, inst.weights, ex.X, prompt))
+        np.testing.assert_allclose(out[e], ref, rtol=0, atol=1e-12)
+
+
+@given(model_specs(max_layers=2).filter(lambda s: not s.layernorm), rngs(), st.integers(0, 2))
+def test_forward_matches_exact_fractions_with_zero_logits(spec, rng, prompt_len):
+    weights = model_weights(rng, spec)
+    for name in weights:
+        if name.endswith("Wq"):
+            weights[name] = np.zeros_like(weights[name])  # zero logits: uniform, rational softmax
+    X = rng.normal(size=(3, spec.d))
+    prompt = rng.normal(size=(prompt_len, spec.d)) if prompt_len else None
+    exact = evaluate(spec, weights, X, prompt, exact=True)
+    assert isinstance(exact[0][0], Fraction)
+    P = None if prompt is None else torch.as_tensor(prompt)[None]
+    out = forward(spec, to_torch(weights), torch.as_tensor(X)[None, None], prompt=P)[0, 0].numpy()
+    np.testing.assert_allclose(out, np.array(exact, dtype=float), rtol=0, atol=1e-12)
+
+
+def _att_single(weights, query, Z):
+    """Att(x, Z) of head 0 of layer 0 as SPEC writes it: W_v Z softmax((W_k Z)^T W_q x)."""
+    p = "layers.0.heads.0."
+    logits = Z @ weights[p + "Wk"].T @ (weights[p + "Wq"] @ query)
+    s = np.exp(logits - logits.max())
+    return weights[p + "Wv"] @ Z.T @ (s / s.sum()), np.exp(logits).sum()
+
+
+@given(rngs(), st.integers(1, 6), st.integers(1, 4), st.integers(1, 4))
+def test_lemma_prompt_attention_is_a_convex_mix(rng, d, m_p, m):
+    spec = simple_spec(d)
+    weights = model_weights(rng, spec)
+    P, X = rng.normal(size=(m_p, d)), rng.normal(size=(m, d))
+    x = X[-1]
+    full, _ = _att_single(weights, x, np.vstack([P, X]))
+    att_p, S_p = _att_single(weights, x, P)
+    att_x, S_x = _att_single(weights, x, X)
+    lam = S_p / (S_p + S_x)
+    assert 0 < lam < 1
+    np.testing.assert_allclose(full, lam * att_p + (1 - lam) * att_x, rtol=0, atol=1e-12)
+    # the torch attention of the last position agrees with the formula
+    Z = torch.as_tensor(np.vstack([P, X]))[None, None]
+    torch_att = attention(spec, to_torch(weights), 0, Z)[0, 0, -1].numpy()
+    np.testing.assert_allclose(torch_att, full, rtol=0, atol=1e-12)
+
+
+def test_causal_prompt_never_sees_the_input():
+    rng = np.random.default_rng(3)
+    spec = simple_spec(3, layers=2, attention="causal")
+    weights = to_torch(model_weights(rng, spec))
+    P = torch.as_tensor(rng.normal(size=(1, 2, 3)))
+    X1 = torch.as_tensor(rng.normal(size=(1, 1, 2, 3)))
+    X2 = X1.clone()
+    X2[..., 1, :] += 1.0
+    out1 = forward(spec, weights, X1, prompt=P)
+    out2 = forward(spec, weights, X2, prompt=P)
+    assert torch.equal(out1[..., 0, :], out2[..., 0, :])  # position 0 cannot see position 1
+    assert not torch.equal(out1[..., 1, :], out2[..., 1, :])
