@@ -156,5 +156,145 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# ------------------------------------------------------------------ search / replay / calibrate
+
+def _search_config(args: argparse.Namespace, method: str, sizes: tuple[int, ...], options: dict):
+    from peftaudit.search.engine import SearchConfig
+    from peftaudit.settings import get_profile
+
+    prof = get_profile(args.profile)
+    return SearchConfig(method=method, options=options, sizes=sizes,
+                        restarts=args.restarts or prof.restarts, steps=args.steps if args.steps is not None else prof.steps,
+                        polish_steps=args.polish_steps if args.polish_steps is not None else prof.polish_steps,
+                        seed=args.seed, device=args.device, max_memory_mb=args.max_memory,
+                        norm_bound=args.norm_bound).validate()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from peftaudit import instance as instance_io
+    from peftaudit.search.adapters import replayed_figures, save_adapter
+    from peftaudit.search.engine import search
+
+    options = {"targets": args.targets} if args.method == "lora" else {}
+    if args.method == "lora":
+        sizes = (args.rank,)
+    elif args.method == "full":
+        sizes = (1,)
+    else:
+        sizes = args.lengths
+    config = _search_config(args, args.method, sizes, options)
+    inst = instance_io.load(args.instance)
+    attempts = search([inst], config, progress=not args.json and sys.stderr.isatty())
+    size_key = "rank" if args.method == "lora" else "length"
+    results = [{size_key: a.size, "params": a.params, "best_loss": a.best_loss, "max_abs_error": a.max_abs_error,
+                "solved": a.solved} for a in attempts]
+    solved = [a for a in attempts if a.solved]
+    chosen = solved[0] if solved else min(attempts, key=lambda a: a.best_loss)
+    if args.out:
+        save_adapter(args.out, inst, args.method, options, chosen.size, chosen.adapter,
+                     replayed_figures(chosen.best_loss, chosen.max_abs_error))
+    if args.json:
+        print(json.dumps({"method": args.method, "options": options, "tolerance": config.tolerance,
+                          "results": results}))
+    else:
+        print(f"{args.method}: best replayed results (memorized means max error <= {config.tolerance:g})")
+        for r in results:
+            print(f"  {size_key} {r[size_key]:>3}  params {r['params']:>6}  loss {r['best_loss']:.3e}  "
+                  f"max error {r['max_abs_error']:.3e}  {'MEMORIZED' if r['solved'] else ''}")
+        if args.out:
+            print(f"adapter ({size_key} {chosen.size}) written to {args.out}; check it with "
+                  f"`peftaudit replay {args.instance} {args.out}`")
+    return 0 if solved else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from peftaudit import instance as instance_io
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.adapters import load_adapter
+    from peftaudit.search.engine import replay
+
+    inst = instance_io.load(args.instance)
+    name, options, size, tensors = load_adapter(args.adapter, inst)
+    loss, err = replay(get_method(name, **options), inst, tensors)
+    ok = err <= args.tolerance
+    if args.json:
+        print(json.dumps({"method": name, "size": size, "loss": loss, "max_abs_error": err,
+                          "tolerance": args.tolerance, "memorizes": ok, "kind": "numerical"}))
+    else:
+        print(f"{name} (size {size}): replayed loss {loss:.3e}, max error {err:.3e} -> "
+              f"{'memorizes' if ok else 'does NOT memorize'} at tolerance {args.tolerance:g} (float64, numerical)")
+    return 0 if ok else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from peftaudit.search.calibrate import calibrate
+    from peftaudit.settings import get_profile
+
+    prof = get_profile(args.profile)
+    config = _search_config(args, args.method, (1,), {"targets": "v"} if args.method == "lora" else {})
+    result = calibrate(args.method, args.count or prof.planted, config, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"calibration of {args.method} search at the planted size: recall {result.recall:.1%} "
+              f"({result.solved}/{result.total})")
+        for key, (ok, total) in result.by_group.items():
+            print(f"  {key:<16} {ok}/{total}")
+        for i, d, size, err in result.failures[:10]:
+            print(f"  missed: planted #{i} (d={d}, size={size}), best replayed max error {err:.2e}")
+    return 0
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick",
+                   help="budget defaults (restarts, steps, polish steps)")
+    p.add_argument("--restarts", type=_positive_int)
+    p.add_argument("--steps", type=_nonneg_int, help="Adam steps")
+    p.add_argument("--polish-steps", type=_nonneg_int, help="Levenberg-Marquardt steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--max-memory", type=_positive_int, default=2048, help="memory budget in MB (chunks the batch)")
+    p.add_argument("--norm-bound", type=float, help="project prompt/prefix tokens onto this Euclidean norm ball")
+    p.add_argument("--json", action="store_true")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _register_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search for a prompt, prefix or adapter that memorizes an instance")
+    p.add_argument("instance")
+    p.add_argument("--method", choices=["prompt", "prefix", "prefix-kv", "lora", "full"], default="prompt")
+    p.add_argument("--lengths", type=_int_list, default=(1, 2, 4), help="prompt / prefix lengths, e.g. 1,2,4")
+    p.add_argument("--rank", type=_positive_int, default=1, help="LoRA rank")
+    p.add_argument("--targets", default="v", help="LoRA target matrices among q,k,v,o,1,2")
+    p.add_argument("--out", help="write the best adapter here (JSON)")
+    _search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("replay", help="replay an adapter on an instance in float64")
+    p.add_argument("instance")
+    p.add_argument("adapter")
+    p.add_argument("--tolerance", type=_nonneg_float, default=1e-8)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("calibrate", help="recall of the search on planted instances")
+    p.add_argument("--method", choices=["prompt", "lora"], default="prompt")
+    p.add_argument("--count", type=_positive_int, help="planted instances (default: the profile's)")
+    _search_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
+EXTRA_COMMANDS.append(_register_search)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,197 @@
+"""The batched falsification search: instances x restarts x sizes as one tensor program each.
+
+For every group of batchable instances and every size (prompt length or rank), all restarts
+of all instances are optimized together: masked Adam explores, Levenberg-Marquardt polishes in
+float64, and every candidate is replayed by the reference forward on the CPU, apart from the
+optimizer's graph. Reported losses are the replayed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from peftaudit.errors import InputError
+from peftaudit.instance import Instance
+from peftaudit.models.methods import get_method
+from peftaudit.models.methods.base import Method
+
+from .optimize import adam, flat, levenberg_marquardt, unflat
+from .problems import bytes_per_problem, group_instances, resolve_device, stacked
+
+DEFAULT_MAX_MEMORY_MB = 2048
+SOLVED_MAX_ERROR = 1e-8
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    method: str = "prompt"
+    options: dict = field(default_factory=dict)  # e.g. {"targets": "v"} for LoRA
+    sizes: tuple[int, ...] = (1, 2, 4)           # prompt lengths or ranks
+    restarts: int = 4
+    rounds: int = 3                              # retries of unsolved problems with new inits
+    steps: int = 300
+    polish_steps: int = 40
+    seed: int = 0
+    device: str = "auto"
+    max_memory_mb: int = DEFAULT_MAX_MEMORY_MB
+    norm_bound: float | None = None              # projected bound on prompt/prefix token norms
+    tolerance: float = SOLVED_MAX_ERROR          # replayed max error that counts as memorized
+    lr: float = 0.05
+
+    def validate(self) -> "SearchConfig":
+        for name in ("restarts", "rounds", "max_memory_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(name, value, "a positive integer")
+        for name in ("steps", "polish_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(name, value, "an integer >= 0")
+        if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.sizes):
+            raise InputError("sizes", self.sizes, "one or more positive integers")
+        if self.norm_bound is not None and not (self.norm_bound > 0 and math.isfinite(self.norm_bound)):
+            raise InputError("norm_bound", self.norm_bound, "a finite positive number")
+        if not self.tolerance >= 0:
+            raise InputError("tolerance", self.tolerance, "a number >= 0")
+        get_method(self.method, **self.options)  # unknown names and options fail here, before any work
+        resolve_device(self.device)
+        return self
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The best replayed result of one method at one size on one instance."""
+    instance: int
+    method: str
+    size: int
+    params: int
+    best_loss: float       # replayed sum of squared errors
+    max_abs_error: float   # replayed max-norm error over all targets
+    solved: bool           # max_abs_error <= tolerance
+    adapter: dict = field(repr=False, default_factory=dict)  # name -> np.ndarray (one problem)
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"instance": self.instance, "method": self.method, "size": self.size, "params": self.params,
+                "best_loss": self.best_loss, "max_abs_error": self.max_abs_error, "solved": self.solved}
+
+
+def _chunk_seed(seed: int, *parts: object) -> int:
+    digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Float64 CPU replay with the reference forward: (sum of squared errors, max abs error)."""
+    from peftaudit.models.transformer import to_torch
+
+    params = to_torch(inst.weights)
+    trainable = {k: torch.as_tensor(np.asarray(v), dtype=torch.float64)[None] for k, v in adapter.items()}
+    X = torch.as_tensor(inst.inputs(), dtype=torch.float64)[None]
+    with torch.no_grad():
+        out = method.outputs(inst.spec, params, trainable, X)[0].numpy()
+    err = out[:, out.shape[1] - inst.n_targets:, :] - inst.targets()
+    loss = float(np.square(err).sum())
+    return (loss if math.isfinite(loss) else math.inf), float(np.abs(err).max()) if np.isfinite(err).all() else math.inf
+
+
+def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
+                    device: torch.device, bar: tqdm | None) -> dict[str, torch.Tensor]:
+    """Adam then Levenberg-Marquardt on one chunk; returns each problem's best trainable tensors."""
+    B = X.shape[0]
+    k = Y.shape[2]
+    gen = torch.Generator().manual_seed(seed)
+    trainable = method.init(spec, B, size, gen, dtype=torch.float64, device=device)
+    tol_loss = config.tolerance ** 2 * 1e-4  # stop well inside the replay tolerance
+
+    def residuals(tr: dict[str, torch.Tensor], W=weights, X=X, Y=Y) -> torch.Tensor:
+        out = method.outputs(spec, W, tr, X)                              # (B,E,n,d)
+        return (out[:, :, out.shape[2] - k:, :] - Y).reshape(out.shape[0], -1)  # (B,R)
+
+    project = None
+    if config.norm_bound is not None:
+        bound = config.norm_bound
+        project = lambda tr: method.project(tr, bound)  # noqa: E731
+
+    step_cb = (lambda _step: bar.update(B)) if bar is not None else None
+    best, _ = adam(residuals, trainable, config.steps, lr=config.lr, tol_loss=tol_loss, project=project,
+                   on_step=step_cb)
+    if config.polish_steps:
+        template = {name: t[:1] for name, t in best.items()}
+
+        def residual_one(theta_b, W_b, X_b, Y_b):
+            tr = unflat(theta_b.unsqueeze(0), template)
+            return residuals(tr, {n: w.unsqueeze(0) for n, w in W_b.items()}, X_b.unsqueeze(0), Y_b.unsqueeze(0))[0]
+
+        def residuals_all(theta):
+            return residuals(unflat(theta, best))
+
+        def project_flat(theta):
+            tr = {n: t.clone() for n, t in unflat(theta, best).items()}
+            method.project(tr, config.norm_bound)
+            return flat(tr)
+
+        theta, _ = levenberg_marquardt(residual_one, flat(best).detach(), (dict(weights), X, Y), config.polish_steps,
+                                       residuals_all=residuals_all, tol_loss=tol_loss,
+                                       project=project_flat if config.norm_bound is not None else None)
+        best = unflat(theta, best)
+    return {name: t.detach() for name, t in best.items()}
+
+
+def search(instances: Sequence[Instance], config: SearchConfig, *, progress: bool = True) -> list[Attempt]:
+    """Best replayed attempt per (instance, size), in instance order then size order.
+
+    Runs up to `config.rounds` rounds; each later round retries, with fresh random
+    initializations, only the (instance, size) pairs that are not solved yet.
+    """
+    config.validate()
+    method = get_method(config.method, **config.options)
+    device = resolve_device(config.device)
+    groups = group_instances(instances)
+    budget = config.max_memory_mb * 2**20
+    best: dict[tuple[int, int], Attempt] = {}
+    pending = {(i, s) for i in range(len(instances)) for s in config.sizes}
+    per_problem = config.steps + config.polish_steps
+    bar = tqdm(total=len(pending) * config.restarts * per_problem, unit="problem-step", disable=not progress,
+               leave=False, desc=f"search {config.method}")
+    try:
+        for round_ in range(config.rounds):
+            if not pending:
+                break
+            if round_:
+                bar.total += len(pending) * config.restarts * per_problem
+            for gi, group in enumerate(groups):
+                inst0 = instances[group.indices[0]]
+                for size in config.sizes:
+                    rows = [i for i in group.indices if (i, size) in pending for _ in range(config.restarts)]
+                    if not rows:
+                        continue
+                    n_params = method.param_count(group.spec, size)
+                    per = bytes_per_problem(group.spec, len(inst0.dataset), inst0.n_tokens, inst0.n_targets,
+                                            n_params, size)
+                    chunk = max(1, budget // per)
+                    for ci, start in enumerate(range(0, len(rows), chunk)):
+                        part = rows[start:start + chunk]
+                        weights, X, Y = stacked(instances, part, device)
+                        before = bar.n
+                        found = _optimize_chunk(method, group.spec, weights, X, Y, size,
+                                                _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar)
+                        bar.update(len(part) * per_problem - (bar.n - before))
+                        for b, inst_index in enumerate(part):
+                            adapter = {name: t[b].cpu().numpy() for name, t in found.items()}
+                            loss, err = replay(method, instances[inst_index], adapter)
+                            key = (inst_index, size)
+                            if key not in best or loss < best[key].best_loss:
+                                best[key] = Attempt(inst_index, config.method, size, n_params, loss, err,
+                                                    err <= config.tolerance, adapter, dict(config.options))
+            pending = {key for key in pending if not best[key].solved}
+    finally:
+        bar.close()
+    return [best[(i, s)] for i in range(len(instances)) for s in config.sizes if (i, s) in best]
