@@ -296,5 +296,59 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
 EXTRA_COMMANDS.append(_register_search)
 
 
+# ------------------------------------------------------------------ audit
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime, timezone
+
+    from peftaudit.audit import run_audit
+
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()] if args.claims else None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    out = args.out or f"reports/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{args.profile}-s{args.seed}"
+    started = time.perf_counter()
+    try:
+        result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
+                           device=args.device, out=out, progress=sys.stderr.isatty(), argv=sys.argv[1:])
+    except PeftauditError:
+        raise
+    except KeyboardInterrupt:
+        print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: say so, exit 3
+        import traceback
+        traceback.print_exc()
+        print(f"peftaudit audit: internal error: {exc}", file=sys.stderr)
+        return 3
+    print(f"peftaudit audit ({args.profile}, seed {args.seed}) in {time.perf_counter() - started:.0f} s")
+    print(f"{'claim':<8} {'verdict':<10} reason")
+    for c in result.report["claims"]:
+        print(f"{c['id']:<8} {c['verdict']:<10} {c['reason'][:110]}")
+        for ce in c["counterexamples"][:3]:
+            print(f"         replay: {ce['replay']}")
+    for name, cal in result.report["calibration"].items():
+        print(f"calibration {name}: recall {cal['recall']:.1%} ({cal['solved']}/{cal['total']})")
+    print(f"report: {result.out_dir}/report.md (also report.json, report.html)")
+    if any(c["verdict"] == "ERROR" for c in result.report["claims"]):
+        return 3
+    return 1 if result.refuted else 0
+
+
+def _register_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="audit every registered claim and write a report")
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
+    p.add_argument("--claims", help="comma-separated claim ids (default: all registered)")
+    p.add_argument("--methods", help="restrict searches to these methods (comma-separated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", help="report folder (default: reports/<run-id>)")
+    p.set_defaults(func=cmd_audit)
+
+
+EXTRA_COMMANDS.append(_register_audit)
+
+
 if __name__ == "__main__":
     sys.exit(main())

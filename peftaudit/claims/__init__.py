@@ -1,0 +1,5 @@
+"""Registered claims: the Claim type, the registry, and the built-in claims."""
+
+from .base import Claim, MethodRun, claim, claim_ids, get_claim, register_claim, unregister_claim
+
+__all__ = ["Claim", "MethodRun", "claim", "claim_ids", "get_claim", "register_claim", "unregister_claim"]

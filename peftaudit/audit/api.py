@@ -1,0 +1,66 @@
+"""run_audit: the one entry point the CLI, the pytest plugin and users' code share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+from peftaudit.claims import Claim, get_claim
+from peftaudit.errors import InputError
+from peftaudit.search.calibrate import calibrate
+from peftaudit.search.problems import resolve_device
+from peftaudit.settings import get_profile
+
+from .report import SCHEMA_VERSION, claim_json, provenance, write_report
+from .runner import ClaimOutcome, audit_claim, log_stderr, search_config
+
+
+@dataclass
+class AuditResult:
+    report: dict
+    outcomes: list[ClaimOutcome]
+    out_dir: Path | None
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {c["id"]: c["verdict"] for c in self.report["claims"]}
+
+    @property
+    def refuted(self) -> bool:
+        return any(v == "REFUTED" for v in self.verdicts.values())
+
+
+def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
+              methods: Sequence[str] | None = None, jobs: int = 1, device: str = "auto",
+              out: str | Path | None = None, calibration: bool = True, progress: bool = True,
+              quiet: bool = False, argv: Sequence[str] = ()) -> AuditResult:
+    """Audit claims (ids or Claim objects; default: every registered claim) and write a report."""
+    from peftaudit.claims import claim_ids
+
+    prof = get_profile(profile)
+    resolved = [c if isinstance(c, Claim) else get_claim(c) for c in (claims or claim_ids())]
+    if jobs < 1:
+        raise InputError("jobs", jobs, "a positive number of processes")
+    if methods is not None:
+        from peftaudit.models.methods import method_names
+        for m in methods:
+            if m not in method_names():
+                raise InputError("methods", m, "names among " + ", ".join(method_names()))
+    dev = resolve_device(device)
+    log = (lambda s: None) if quiet else log_stderr
+    base = search_config(prof, seed, str(dev))
+    report = {"schema": SCHEMA_VERSION, "provenance": provenance(seed, profile, str(dev), list(argv)),
+              "claims": [], "calibration": {}}
+    outcomes = [audit_claim(c, prof, seed, base, methods=set(methods) if methods else None, jobs=jobs,
+                            progress=progress, log=log) for c in resolved]
+    report["claims"] = [claim_json(o) for o in outcomes]
+    if calibration:
+        for method in ("prompt", "lora"):
+            log(f"calibration: {method} search on {prof.planted} planted instances")
+            cal = calibrate(method, prof.planted, replace(base, rounds=2), progress=progress)
+            report["calibration"][method] = cal.to_json()
+    out_dir = None
+    if out is not None:
+        out_dir = write_report(report, outcomes, Path(out))
+    return AuditResult(report, outcomes, out_dir)

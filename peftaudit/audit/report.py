@@ -1,0 +1,227 @@
+"""Reports: report.json (versioned schema), report.md, a self-contained report.html with figures.
+
+Everything for one run is written into a temporary sibling folder and renamed into place at
+the end, so an interrupted run never leaves a partial report posing as complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from statistics import median
+
+from peftaudit.instance import save as save_instance
+
+from .runner import ClaimOutcome, finite
+
+SCHEMA_VERSION = "peftaudit.report/1"
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
+
+
+def provenance(seed: int, profile: str, device: str, argv: list[str]) -> dict:
+    versions = {}
+    for pkg in ("peftaudit", "torch", "numpy", "z3-solver", "scipy", "hypothesis", "mpmath"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"seed": seed, "profile": profile, "device": device, "versions": versions, "git_commit": commit,
+            "python": platform.python_version(), "command": ["peftaudit", *argv],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _attempt_rows(attempts) -> list[dict]:
+    return [{"instance": a.instance, "size": a.size, "params": a.params, "best_loss": finite(a.best_loss),
+             "max_abs_error": finite(a.max_abs_error), "solved": a.solved} for a in attempts]
+
+
+def claim_json(o: ClaimOutcome) -> dict:
+    c = o.claim
+    certs = [{"instance": i, **{k: v for k, v in s.items() if k != "certificate"},
+              "certificate_file": f"certificates/{c.id}-{i}.json" if "certificate" in s else None}
+             for i, s in sorted(o.certificates.items())]
+    return {
+        "id": c.id, "title": c.title, "source": c.source, "formalization": c.formalization, "kind": c.kind,
+        "verdict": o.verdict, "reason": o.reason,
+        "instances": len(o.instances), "vacuous": len(o.vacuous),
+        "vacuous_reasons": {str(i): why for i, why in sorted(o.vacuous.items())},
+        "instance_shapes": [{"d": inst.spec.d, "family": inst.meta.get("family")} for inst in o.instances],
+        "certificates": certs,
+        "search": {label: _attempt_rows(att) for label, att in o.searches.items()},
+        "contrasts": {label: {"solved": sum(a.solved for a in att), "total": len(att), "results": _attempt_rows(att)}
+                      for label, att in o.contrasts.items()},
+        "counterexamples": [], "violations": o.violations, "errors": o.errors,
+    }
+
+
+# ------------------------------------------------------------------ figures
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def figures(report: dict) -> dict[str, bytes]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    claims = [c for c in report["claims"] if c["search"] or c["contrasts"]]
+    if claims:
+        fig, axes = plt.subplots(1, len(claims), figsize=(5 * len(claims), 3.6), squeeze=False)
+        for ax, c in zip(axes[0], claims):
+            series = dict(c["search"])
+            series.update({label: v["results"] for label, v in c["contrasts"].items()})
+            for label, rows in series.items():
+                by_params: dict[int, list[float]] = {}
+                for r in rows:
+                    by_params.setdefault(r["params"], []).append(max(r["best_loss"] or 1e300, 1e-32))
+                xs = sorted(by_params)
+                ax.plot(xs, [median(by_params[x]) for x in xs], marker="o", label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("trainable parameters")
+            ax.set_ylabel("median best replayed loss")
+            ax.set_title(f"{c['id']}: prompt tuning vs LoRA / full")
+            ax.legend(fontsize=7)
+        out["loss_vs_params.png"] = _figure_png(fig)
+        plt.close(fig)
+    margins = [(c["id"], x["margin"]) for c in report["claims"] for x in c["certificates"] if x["margin"]]
+    if margins:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for cid in sorted({m[0] for m in margins}):
+            ax.hist([m for k, m in margins if k == cid], bins=12, alpha=0.6, label=cid)
+        ax.set_xlabel("certified margin at the layer output")
+        ax.set_ylabel("instances")
+        ax.legend()
+        out["margins.png"] = _figure_png(fig)
+        plt.close(fig)
+    cal = report.get("calibration") or {}
+    if cal:
+        fig, ax = plt.subplots(figsize=(4, 3))
+        names = list(cal)
+        ax.bar(names, [cal[n]["recall"] for n in names], color="#4a7")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("recall on planted instances")
+        for i, n in enumerate(names):
+            ax.text(i, cal[n]["recall"] + 0.01, f"{cal[n]['solved']}/{cal[n]['total']}", ha="center", fontsize=8)
+        out["calibration.png"] = _figure_png(fig)
+        plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------ text reports
+
+def markdown(report: dict) -> str:
+    prov = report["provenance"]
+    lines = ["# peftaudit report", "",
+             f"Profile `{prov['profile']}`, seed {prov['seed']}, device {prov['device']}, "
+             f"commit `{(prov['git_commit'] or 'unknown')[:12]}`, peftaudit {prov['versions'].get('peftaudit')}.", "",
+             "| claim | verdict | instances | vacuous | certified | smallest margin | contrast solved |",
+             "|---|---|---|---|---|---|---|"]
+    for c in report["claims"]:
+        certified = [x for x in c["certificates"] if x["status"] == "certified"]
+        smallest = min((x["margin"] for x in certified), default=None)
+        contrast = ", ".join(f"{k}: {v['solved']}/{v['total']}" for k, v in c["contrasts"].items()) or "-"
+        lines.append(f"| {c['id']} | **{c['verdict']}** | {c['instances']} | {c['vacuous']} | {len(certified)} | "
+                     f"{'-' if smallest is None else f'{smallest:.3g}'} | {contrast} |")
+    cal = report.get("calibration") or {}
+    if cal:
+        lines += ["", "Calibration (search recall on planted instances at the planted size): " +
+                  ", ".join(f"{k} {v['recall']:.1%} ({v['solved']}/{v['total']})" for k, v in cal.items()) + "."]
+    for c in report["claims"]:
+        lines += ["", f"## {c['id']}: {c['title']}", "", f"*Verdict:* **{c['verdict']}** — {c['reason']}", "",
+                  f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
+        rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}}
+        if rows:
+            lines += ["| method | size | params | median best loss | solved |", "|---|---|---|---|---|"]
+            for label, results in rows.items():
+                for size in sorted({r["size"] for r in results}):
+                    rs = [r for r in results if r["size"] == size]
+                    losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
+                    lines.append(f"| {label} | {size} | {rs[0]['params']} | {median(losses):.3g} | "
+                                 f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
+        for ce in c["counterexamples"]:
+            lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
+        for why in c["vacuous_reasons"].values():
+            lines.append(f"- vacuous instance: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def html(report: dict, figs: dict[str, bytes], md_text: str) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
+    images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
+    return env.get_template("report.html.j2").render(report=report, images=images)
+
+
+# ------------------------------------------------------------------ writing
+
+def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> Path:
+    """Write the whole report into out_dir atomically (temporary sibling, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        for o, c in zip(outcomes, report["claims"]):
+            for i, summary in o.certificates.items():
+                if "certificate" in summary:
+                    (tmp / "certificates").mkdir(exist_ok=True)
+                    (tmp / "certificates" / f"{o.claim.id}-{i}.json").write_text(json.dumps(summary["certificate"]))
+            if o.claim.kind == "cannot":
+                for attempts in o.searches.values():
+                    for a in attempts:
+                        if not a.solved:
+                            continue
+                        from peftaudit.search.adapters import replayed_figures, save_adapter
+                        stem = f"{o.claim.id}-{a.instance}-{a.method}-{a.size}"
+                        (tmp / "counterexamples").mkdir(exist_ok=True)
+                        save_instance(o.instances[a.instance], tmp / "counterexamples" / f"{stem}.instance.json")
+                        save_adapter(tmp / "counterexamples" / f"{stem}.adapter.json", o.instances[a.instance],
+                                     a.method, a.options, a.size, a.adapter,
+                                     replayed_figures(a.best_loss, a.max_abs_error))
+                        c["counterexamples"].append({
+                            "instance": a.instance, "method": a.method, "size": a.size,
+                            "max_abs_error": a.max_abs_error,
+                            "instance_file": f"counterexamples/{stem}.instance.json",
+                            "adapter_file": f"counterexamples/{stem}.adapter.json",
+                            "replay": f"peftaudit replay {out_dir}/counterexamples/{stem}.instance.json "
+                                      f"{out_dir}/counterexamples/{stem}.adapter.json"})
+        report["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        figs = figures(report)
+        (tmp / "figures").mkdir(exist_ok=True)
+        for name, data in figs.items():
+            (tmp / "figures" / name).write_bytes(data)
+        report["figures"] = [f"figures/{name}" for name in figs]
+        md_text = markdown(report)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "report.md").write_text(md_text)
+        (tmp / "report.html").write_text(html(report, figs, md_text))
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / "report")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

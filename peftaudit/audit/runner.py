@@ -1,0 +1,170 @@
+"""The audit runner: draw instances per claim, certify, check, search, contrast, calibrate, decide.
+
+Verdicts (DESIGN.md), never merged: CERTIFIED (every non-vacuous instance carries a certificate
+checked in exact arithmetic), REFUTED (a replayed counterexample), SURVIVED (budget spent,
+nothing found, not everything certified), VACUOUS (no instance met the hypotheses), UNKNOWN
+(a certifier timed out or was inconclusive and nothing else decides), ERROR (an exception, or a
+soundness conflict such as a search result below a certified margin).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from peftaudit.claims import Claim, MethodRun, get_claim
+from peftaudit.instance import Instance
+from peftaudit.search.engine import Attempt, SearchConfig, search
+from peftaudit.settings import Profile
+
+VERDICTS = ("CERTIFIED", "REFUTED", "SURVIVED", "VACUOUS", "UNKNOWN", "ERROR")
+TOLERANCE = 1e-9          # certified means margin > TOLERANCE at the layer output
+SOLVED_MAX_ERROR = 1e-8   # a replayed max error at most this memorizes (numerically)
+
+
+@dataclass
+class ClaimOutcome:
+    """Everything the report says about one claim (plain data, JSON-ready via to_json)."""
+    claim: Claim
+    instances: list[Instance] = field(default_factory=list)
+    vacuous: dict[int, str] = field(default_factory=dict)
+    certificates: dict[int, dict] = field(default_factory=dict)   # instance -> summary (+ "certificate")
+    searches: dict[str, list[Attempt]] = field(default_factory=dict)
+    contrasts: dict[str, list[Attempt]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    verdict: str = "ERROR"
+    reason: str = ""
+    violations: list[str] = field(default_factory=list)
+
+
+def _certify_worker(args: tuple[str, Instance, float]) -> dict:
+    claim_id, inst, tolerance = args
+    return _certify_one(get_claim(claim_id), inst, tolerance)
+
+
+def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
+    from peftaudit.verify.check import check_certificate
+
+    result = claim.certify(inst, tolerance)
+    summary = {"status": result.status, "margin": float(result.margin) if result.margin is not None else None,
+               "best_error": result.best_error, "reason": result.reason, "checked": False}
+    if result.status == "certified":
+        verdict = check_certificate(result.certificate)  # independent exact re-check, never skipped
+        summary["checked"] = verdict.valid
+        if not verdict.valid:
+            summary["status"] = "unknown"
+            summary["reason"] = f"certificate failed the independent check: {verdict.reason}"
+        summary["certificate"] = result.certificate
+    return summary
+
+
+def _run_searches(runs: Sequence[MethodRun], instances: list[Instance], indices: list[int], profile: Profile,
+                  base: SearchConfig, progress: bool) -> dict[str, list[Attempt]]:
+    out = {}
+    subset = [instances[i] for i in indices]
+    for run in runs:
+        sizes = run.sizes or profile.lengths
+        config = replace(base, method=run.method, options=dict(run.options), sizes=tuple(sizes))
+        attempts = search(subset, config, progress=progress) if subset else []
+        out[run.label] = [replace(a, instance=indices[a.instance]) for a in attempts]
+    return out
+
+
+def decide(outcome: ClaimOutcome) -> None:
+    """Set verdict and reason from the evidence, checking soundness conflicts on the way."""
+    claim = outcome.claim
+    active = [i for i in range(len(outcome.instances)) if i not in outcome.vacuous]
+    found = [a for attempts in outcome.searches.values() for a in attempts if a.solved]
+    for attempts in outcome.searches.values():
+        for a in attempts:
+            cert = outcome.certificates.get(a.instance)
+            if cert and cert["status"] == "certified" and a.max_abs_error < cert["margin"]:
+                outcome.violations.append(
+                    f"instance {a.instance}: {a.method} size {a.size} reached {a.max_abs_error:.3g} below the "
+                    f"certified margin {cert['margin']:.3g}")
+    if outcome.errors or outcome.violations:
+        outcome.verdict = "ERROR"
+        outcome.reason = "; ".join(outcome.errors + outcome.violations)[:2000]
+        return
+    if not active:
+        outcome.verdict, outcome.reason = "VACUOUS", "no drawn instance met the claim's hypotheses"
+        return
+    if claim.kind == "cannot":
+        if found:
+            a = found[0]
+            outcome.verdict = "REFUTED"
+            outcome.reason = (f"{len(found)} replayed counterexample(s); e.g. {a.method} size {a.size} memorizes "
+                              f"instance {a.instance} (max error {a.max_abs_error:.2e}, numerical)")
+            return
+        statuses = [outcome.certificates.get(i, {}).get("status") for i in active]
+        certified = sum(s == "certified" for s in statuses)
+        if claim.certify is not None and certified == len(active):
+            margins = [outcome.certificates[i]["margin"] for i in active]
+            outcome.verdict = "CERTIFIED"
+            outcome.reason = (f"all {len(active)} instances carry certificates checked in exact arithmetic "
+                              f"(smallest margin {min(margins):.3g}); no search result falls below a margin")
+        elif "unknown" in statuses and certified + statuses.count("unknown") == len(active):
+            outcome.verdict, outcome.reason = "UNKNOWN", "some certificates were inconclusive; search found nothing"
+        else:
+            outcome.verdict = "SURVIVED"
+            outcome.reason = (f"search found no counterexample; {certified}/{len(active)} instances certified "
+                              "(search failure proves nothing)")
+    else:  # "can": refuted by a checked certificate of impossibility
+        refuting = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
+        if refuting:
+            outcome.verdict = "REFUTED"
+            outcome.reason = f"checked certificates of impossibility on instances {refuting}"
+        else:
+            outcome.verdict = "SURVIVED"
+            outcome.reason = f"search solved {len(found)} of {len(active)} instances; no certificate refutes"
+
+
+def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *, methods: set[str] | None = None,
+                jobs: int = 1, progress: bool = True, log: Callable[[str], None] = lambda s: None) -> ClaimOutcome:
+    outcome = ClaimOutcome(claim)
+    try:
+        outcome.instances = list(claim.draw(profile, seed))
+        for i, inst in enumerate(outcome.instances):
+            why = claim.hypotheses(inst)
+            if why is not None:
+                outcome.vacuous[i] = why
+        active = [i for i in range(len(outcome.instances)) if i not in outcome.vacuous]
+        log(f"{claim.id}: {len(outcome.instances)} instances drawn, {len(outcome.vacuous)} vacuous")
+        if claim.certify is not None and active:
+            if jobs > 1:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    results = list(pool.map(_certify_worker, [(claim.id, outcome.instances[i], TOLERANCE)
+                                                              for i in active]))
+            else:
+                results = [_certify_one(claim, outcome.instances[i], TOLERANCE) for i in active]
+            outcome.certificates = dict(zip(active, results))
+            log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in results)}/{len(active)}")
+        keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
+        outcome.searches = _run_searches(keep(claim.falsifiers), outcome.instances, active, profile, base, progress)
+        outcome.contrasts = _run_searches(keep(claim.contrasts), outcome.instances, active, profile, base, progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        outcome.errors.append(traceback.format_exc(limit=6))
+    decide(outcome)
+    log(f"{claim.id}: {outcome.verdict}")
+    return outcome
+
+
+def search_config(profile: Profile, seed: int, device: str) -> SearchConfig:
+    return SearchConfig(restarts=profile.restarts, steps=profile.steps, polish_steps=profile.polish_steps,
+                        seed=seed, device=device, rounds=2, tolerance=SOLVED_MAX_ERROR)
+
+
+def log_stderr(message: str) -> None:
+    print(f"[peftaudit] {message}", file=sys.stderr, flush=True)
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,94 @@
+"""The Claim type and the claims registry (a decorator plus the entry-point group peftaudit.claims)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from peftaudit.errors import UnknownNameError
+from peftaudit.instance import Instance
+from peftaudit.settings import Profile
+
+ENTRY_POINT_GROUP = "peftaudit.claims"
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """A method to search with: name, options, and sizes (None: the profile's prompt lengths)."""
+    method: str
+    options: dict = field(default_factory=dict)
+    sizes: tuple[int, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return self.method + (f"[{opts}]" if opts else "") + (f"@{','.join(map(str, self.sizes))}" if self.sizes else "")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim about what a PEFT method cannot (or can) learn, and how evidence counts.
+
+    kind "cannot": a replayed adapter found by a falsifier refutes it; certificates support it.
+    kind "can": a checked certificate of impossibility refutes it; found adapters support it.
+    """
+    id: str
+    title: str
+    source: str            # paper and section
+    formalization: str     # our precise statement, one paragraph
+    kind: str              # "cannot" | "can"
+    draw: Callable[[Profile, int], Sequence[Instance]]  # the strategy: instances for a profile and seed
+    hypotheses: Callable[[Instance], str | None]        # None when they hold, else why (vacuous)
+    falsifiers: tuple[MethodRun, ...]
+    contrasts: tuple[MethodRun, ...] = ()               # methods that must succeed on the same instances
+    certify: Callable[[Instance, float], object] | None = None  # -> verify.l1.CertifyResult-like
+    refuted_by: str = "a replayed adapter from a falsifier"
+
+
+_REGISTRY: dict[str, Claim] = {}
+_loaded = False
+
+
+def register_claim(claim: Claim) -> Claim:
+    """Register (or replace) a claim; returns it, so it works as a plain call or in a decorator."""
+    _REGISTRY[claim.id] = claim
+    return claim
+
+
+def claim(factory: Callable[[], Claim]) -> Callable[[], Claim]:
+    """Decorator: register the Claim that `factory()` returns."""
+    register_claim(factory())
+    return factory
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import l1  # noqa: F401  (built-in claims)
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if isinstance(obj, Claim):
+            register_claim(obj)
+        elif callable(obj):
+            result = obj()
+            if isinstance(result, Claim):
+                register_claim(result)
+
+
+def claim_ids() -> list[str]:
+    _load()
+    return list(_REGISTRY)
+
+
+def get_claim(claim_id: str) -> Claim:
+    _load()
+    if claim_id not in _REGISTRY:
+        raise UnknownNameError("claim", claim_id, list(_REGISTRY))
+    return _REGISTRY[claim_id]
+
+
+def unregister_claim(claim_id: str) -> None:
+    _REGISTRY.pop(claim_id, None)
