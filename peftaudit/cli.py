@@ -310,7 +310,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
-                           device=args.device, out=out, progress=sys.stderr.isatty(), argv=sys.argv[1:])
+                           device=args.device, out=out, calibration=not args.no_calibration,
+                           progress=sys.stderr.isatty(), argv=sys.argv[1:])
     except PeftauditError:
         raise
     except KeyboardInterrupt:
@@ -344,6 +345,7 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="report folder (default: reports/<run-id>)")
+    p.add_argument("--no-calibration", action="store_true", help="skip the calibration on planted instances")
     p.set_defaults(func=cmd_audit)
 
 

@@ -1,0 +1,92 @@
+"""pytest plugin: `pytest --peftaudit` audits every registered claim, one test item per (claim, method).
+
+Loaded through the pytest11 entry point at every pytest start, so it imports nothing heavy
+(torch, z3) until an audit actually runs. Items fail when their claim comes out REFUTED or
+ERROR; the verdict and the replay commands reach JUnit XML as properties.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+PROFILES = ("quick", "ci", "thorough")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("peftaudit", "audit claims about PEFT methods")
+    group.addoption("--peftaudit", action="store_true", help="collect one audit item per (claim, method)")
+    group.addoption("--peftaudit-profile", choices=PROFILES, default="quick", help="audit budget profile")
+    group.addoption("--peftaudit-claims", default=None, help="comma-separated claim ids (default: all)")
+    group.addoption("--peftaudit-seed", type=int, default=0, help="audit seed")
+
+
+class AuditFailure(Exception):
+    """A claim came out REFUTED or ERROR."""
+
+
+class AuditItem(pytest.Item):
+    def __init__(self, *, claim_id: str, method: str, **kwargs):
+        super().__init__(**kwargs)
+        self.claim_id = claim_id
+        self.method = method
+
+    def runtest(self) -> None:
+        from peftaudit.audit import run_audit
+
+        cfg = self.config
+        result = run_audit([self.claim_id], profile=cfg.getoption("peftaudit_profile"),
+                           seed=cfg.getoption("peftaudit_seed"), methods=[self.method], calibration=False,
+                           progress=False, quiet=True)
+        claim = result.report["claims"][0]
+        self.user_properties.append(("verdict", claim["verdict"]))
+        self.user_properties.append(("reason", claim["reason"]))
+        for label, contrast in claim["contrasts"].items():
+            self.user_properties.append((f"contrast {label}", f"{contrast['solved']}/{contrast['total']}"))
+        if claim["verdict"] in ("REFUTED", "ERROR"):
+            outcome = result.outcomes[0]
+            replays = []
+            for attempts in outcome.searches.values():
+                for a in attempts:
+                    if a.solved:
+                        replays.append(f"{a.method} size {a.size} on instance {a.instance}: replayed max error "
+                                       f"{a.max_abs_error:.2e}")
+            self.user_properties.append(("counterexamples", "; ".join(replays)))
+            raise AuditFailure(f"{self.claim_id} is {claim['verdict']}: {claim['reason']}"
+                               + ("\n  " + "\n  ".join(replays) if replays else ""))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, AuditFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return "peftaudit", None, f"claim {self.claim_id} with {self.method}"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    if not config.getoption("peftaudit"):
+        return
+    from peftaudit.claims import claim_ids, get_claim
+
+    wanted = config.getoption("peftaudit_claims")
+    ids = [c.strip() for c in wanted.split(",") if c.strip()] if wanted else claim_ids()
+    for cid in ids:
+        claim = get_claim(cid)
+        methods = []
+        for run in claim.falsifiers + claim.contrasts:
+            if run.method not in methods:
+                methods.append(run.method)
+        for method in methods:
+            items.append(AuditItem.from_parent(session, name=f"peftaudit[{cid}-{method}]", claim_id=cid,
+                                               method=method))
+
+
+@pytest.fixture
+def peftaudit_audit(request: pytest.FixtureRequest):
+    """Audit a claim (id or Claim) from a test: `peftaudit_audit("L1", methods=["prompt"])` -> AuditResult."""
+    def run(claim, *, methods=None, profile=None, seed=None, calibration=False):
+        from peftaudit.audit import run_audit
+        return run_audit([claim], profile=profile or request.config.getoption("peftaudit_profile"),
+                         seed=request.config.getoption("peftaudit_seed") if seed is None else seed,
+                         methods=methods, calibration=calibration, progress=False, quiet=True)
+    return run

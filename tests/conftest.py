@@ -8,3 +8,4 @@ from peftaudit.settings import register_hypothesis_profiles
 
 register_hypothesis_profiles()
 settings.load_profile(os.environ.get("PEFTAUDIT_PROFILE") or ("ci" if os.environ.get("CI") else "quick"))
+pytest_plugins = ["pytester"]

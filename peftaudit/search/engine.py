@@ -119,6 +119,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     if config.norm_bound is not None:
         bound = config.norm_bound
         project = lambda tr: method.project(tr, bound)  # noqa: E731
+        project(trainable)  # start inside the ball
 
     step_cb = (lambda _step: bar.update(B)) if bar is not None else None
     best, _ = adam(residuals, trainable, config.steps, lr=config.lr, tol_loss=tol_loss, project=project,

@@ -1,0 +1,141 @@
+"""The audit: verdicts, reports and their schema, the planted false claim, and the pytest plugin."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from peftaudit.audit import run_audit
+from peftaudit.audit.report import SCHEMA_FILE, SCHEMA_VERSION
+from peftaudit.audit.runner import ClaimOutcome, decide
+from peftaudit.claims import claim_ids, get_claim
+from peftaudit.cli import main
+from peftaudit.search.engine import Attempt
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def false_claim():
+    import sys
+    sys.path.insert(0, str(FIXTURES))
+    import false_claim as module
+    yield module.FALSE_CLAIM
+    sys.path.remove(str(FIXTURES))
+
+
+def test_planted_false_claim_is_refuted_with_a_replayable_counterexample(tmp_path, false_claim, capsys):
+    out = tmp_path / "rep"
+    code = main(["audit", "--claims", "FALSE-P2", "--no-calibration", "--out", str(out)])
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    claim = report["claims"][0]
+    assert claim["verdict"] == "REFUTED" and claim["counterexamples"]
+    ce = claim["counterexamples"][0]
+    capsys.readouterr()
+    assert main(["replay", str(out / ce["instance_file"]), str(out / ce["adapter_file"])]) == 0
+    assert "memorizes" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "REFUTED" in html and "data:image/png;base64," in html
+    assert "| FALSE-P2 | **REFUTED** |" in (out / "report.md").read_text()
+
+
+def test_l1_claims_are_certified_and_contrasts_succeed(tmp_path):
+    result = run_audit(["L1+"], out=tmp_path / "r", calibration=False, progress=False, quiet=True)
+    claim = result.report["claims"][0]
+    assert claim["verdict"] == "CERTIFIED", claim["reason"]
+    assert all(c["checked"] for c in claim["certificates"])
+    assert claim["contrasts"]["lora[targets=v]@1"]["solved"] == claim["instances"]
+    assert not any(r["solved"] for r in claim["search"]["prompt"])
+    jsonschema.validate(result.report, json.loads(SCHEMA_FILE.read_text()))
+    again = run_audit(["L1+"], calibration=False, progress=False, quiet=True)
+    assert again.report["claims"] == result.report["claims"]  # same seed and profile: same numbers
+
+
+def _outcome(kind="cannot"):
+    claim = get_claim("L1")
+    return ClaimOutcome(claim=claim, instances=[object(), object()])
+
+
+def test_decide_flags_search_results_below_a_certified_margin_as_error():
+    o = _outcome()
+    o.certificates = {0: {"status": "certified", "margin": 0.5}, 1: {"status": "certified", "margin": 0.5}}
+    o.searches = {"prompt": [Attempt(0, "prompt", 1, 3, 0.01, 0.1, False)]}
+    decide(o)
+    assert o.verdict == "ERROR" and "below the certified margin" in o.reason
+
+
+def test_decide_vacuous_survived_and_certified():
+    o = _outcome()
+    o.vacuous = {0: "x", 1: "y"}
+    decide(o)
+    assert o.verdict == "VACUOUS"
+    o = _outcome()
+    o.certificates = {0: {"status": "certified", "margin": 0.5}, 1: {"status": "not-certified", "margin": None}}
+    decide(o)
+    assert o.verdict == "SURVIVED"
+    o.certificates[1] = {"status": "certified", "margin": 0.2}
+    decide(o)
+    assert o.verdict == "CERTIFIED"
+
+
+def test_unknown_claims_and_methods_are_bad_usage(capsys):
+    assert main(["audit", "--claims", "NOPE"]) == 2
+    assert "L1" in capsys.readouterr().err
+    assert main(["audit", "--methods", "nope"]) == 2
+
+
+def test_committed_reference_report_matches_the_code():
+    report = json.loads((ROOT / "reports" / "latest" / "report.json").read_text())
+    assert report["schema"] == SCHEMA_VERSION
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    assert [c["id"] for c in report["claims"]] == [c for c in claim_ids() if not c.startswith("FALSE")]
+
+
+PLUGIN_CONFTEST = '''
+import numpy as np
+from peftaudit.claims import Claim, MethodRun, register_claim
+from peftaudit.strategies.instances import planted_prompt_instance
+
+def _draw(profile, seed):
+    rng = np.random.default_rng([seed, 99])
+    return [planted_prompt_instance(rng, 3, 2, targets="last") for _ in range(2)]
+
+register_claim(Claim(id="FALSE-P2", title="false on purpose", source="tests", formalization="planted",
+    kind="cannot", draw=_draw, hypotheses=lambda inst: None, falsifiers=(MethodRun("prompt", {}, (2,)),)))
+'''
+
+FIXTURE_TEST = '''
+def test_fixture_audits_a_claim(peftaudit_audit):
+    assert peftaudit_audit("FALSE-P2", methods=["prompt"]).verdicts == {"FALSE-P2": "REFUTED"}
+'''
+
+
+def test_pytest_plugin_collects_and_fails_a_refuted_claim(pytester):
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(test_fixture=FIXTURE_TEST)
+    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "FALSE-P2",
+                                           "--junitxml", "junit.xml", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*FALSE-P2 is REFUTED*"])
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="verdict" value="REFUTED"' in junit and "peftaudit[FALSE-P2-prompt]" in junit
+
+
+def test_pytest_plugin_works_under_xdist(pytester):
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(test_fixture=FIXTURE_TEST)
+    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "FALSE-P2", "-n", "2",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+
+
+def test_plugin_import_is_light():
+    import subprocess
+    import sys
+    code = "import sys, peftaudit.pytest_plugin; print('torch' in sys.modules, 'z3' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"

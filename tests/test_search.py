@@ -1,0 +1,108 @@
+"""The batched search: it finds planted solutions, replays honestly, and never beats a certificate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peftaudit.cli import main
+from peftaudit.errors import InputError
+from peftaudit.instance import save
+from peftaudit.search.calibrate import calibrate
+from peftaudit.search.engine import SearchConfig, search
+from peftaudit.strategies.hyp import l1_instances
+from peftaudit.strategies.instances import planted_lora_instance, planted_prompt_instance
+from peftaudit.verify.l1 import certify
+
+FAST = dict(restarts=4, steps=200, polish_steps=30, rounds=2)
+
+
+def test_search_finds_planted_prompts_and_replays_them():
+    rng = np.random.default_rng(5)
+    insts = [planted_prompt_instance(rng, d, 2, targets="last") for d in (2, 3, 3, 4)]
+    attempts = search(insts, SearchConfig(sizes=(2,), **FAST), progress=False)
+    assert len(attempts) == 4
+    assert sum(a.solved for a in attempts) >= 3
+    for a in attempts:
+        assert a.params == 2 * insts[a.instance].spec.d
+        assert a.solved == (a.max_abs_error <= 1e-8)
+
+
+def test_lora_finds_planted_rank_one_lora():
+    rng = np.random.default_rng(6)
+    insts = [planted_lora_instance(rng, d) for d in (2, 4)]
+    attempts = search(insts, SearchConfig(method="lora", options={"targets": "v"}, sizes=(1,), **FAST), progress=False)
+    assert all(a.solved for a in attempts)
+
+
+@settings(max_examples=4)
+@given(l1_instances(d=st.integers(2, 4)))
+def test_no_search_result_beats_a_certified_margin(inst):
+    result = certify(inst, "L1")
+    assert result.status == "certified"
+    for method, sizes in (("prompt", (1, 2, 4)), ("prefix-kv", (1,))):
+        attempts = search([inst], SearchConfig(method=method, sizes=sizes, restarts=2, steps=100, polish_steps=10,
+                                               rounds=1), progress=False)
+        if method == "prompt":  # the certificate speaks about prompts of every length
+            assert all(a.max_abs_error >= float(result.margin) for a in attempts)
+
+
+def test_cli_search_writes_an_adapter_that_replays(tmp_path, capsys):
+    inst_path, ad_path = tmp_path / "p.json", tmp_path / "ad.json"
+    save(planted_prompt_instance(np.random.default_rng(3), 4, 2), inst_path)
+    code = main(["search", str(inst_path), "--lengths", "2", "--out", str(ad_path), "--json", "--steps", "200"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["method"] == "prompt"
+    assert out["results"][0]["length"] == 2 and out["results"][0]["max_abs_error"] <= 1e-8
+    assert main(["replay", str(inst_path), str(ad_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memorizes"] is True
+    doc = json.loads(ad_path.read_text())
+    doc["tensors"]["prompt"][0][0] += 0.5
+    ad_path.write_text(json.dumps(doc))
+    assert main(["replay", str(inst_path), str(ad_path)]) == 1
+    doc["tensors"]["prompt"] = [[1.0]]
+    ad_path.write_text(json.dumps(doc))
+    assert main(["replay", str(inst_path), str(ad_path)]) == 2
+
+
+def test_bad_search_arguments_are_rejected_before_work():
+    with pytest.raises(InputError, match="restarts"):
+        SearchConfig(restarts=0).validate()
+    with pytest.raises(InputError, match="sizes"):
+        SearchConfig(sizes=()).validate()
+    with pytest.raises(InputError, match="method"):
+        SearchConfig(method="adapterX").validate()
+    with pytest.raises(InputError, match="norm_bound"):
+        SearchConfig(norm_bound=-1.0).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            SearchConfig(device="cuda").validate()
+
+
+def test_chunking_keeps_one_result_per_instance_and_respects_norm_bounds():
+    rng = np.random.default_rng(8)
+    insts = [planted_prompt_instance(rng, 3, 1) for _ in range(5)]
+    attempts = search(insts, SearchConfig(sizes=(1, 2), restarts=2, steps=20, polish_steps=2, rounds=1,
+                                          max_memory_mb=1, norm_bound=0.5), progress=False)
+    assert [(a.instance, a.size) for a in attempts] == [(i, s) for i in range(5) for s in (1, 2)]
+    for a in attempts:
+        assert np.linalg.norm(a.adapter["prompt"], axis=-1).max() <= 0.5 + 1e-9
+
+
+def test_calibration_reports_recall():
+    cal = calibrate("prompt", 6, SearchConfig(**FAST), dims=(2, 3), progress=False)
+    assert cal.total == 6 and 0 <= cal.solved <= 6
+    assert cal.recall >= 0.5
+    assert sum(total for _, total in cal.by_group.values()) == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_search_solves_planted_and_replays_on_cpu():
+    rng = np.random.default_rng(9)
+    insts = [planted_prompt_instance(rng, 4, 2) for _ in range(8)]
+    attempts = search(insts, SearchConfig(sizes=(2,), device="cuda", **FAST), progress=False)
+    assert sum(a.solved for a in attempts) >= 7
