@@ -74,33 +74,27 @@ def levenberg_marquardt(residual_one: Callable[..., Tensor], theta: Tensor, data
 
     residual_one(theta_b, *data_b) -> (R,) residuals of one problem (vmapped over theta and
     each element of `data`, all with a leading B dimension, for the Jacobian);
-    residuals_all(theta) -> (B, R). Solves in the smaller of the parameter / residual spaces.
+    residuals_all(theta) -> (B, R).
     """
     B, P = theta.shape
     mu = torch.full((B,), 1e-3, dtype=theta.dtype, device=theta.device)
     r = residuals_all(theta)
     loss = torch.nan_to_num(r.square().sum(1), nan=math.inf)
     R = r.shape[1]
-    jac_fn = torch.func.jacfwd if P <= R else torch.func.jacrev
+    jac_fn = torch.func.jacfwd if P <= R else torch.func.jacrev  # fewer passes of the two
     jacobian = torch.func.vmap(jac_fn(residual_one))
     for _ in range(steps):
         active = loss > tol_loss
         if not active.any():
             break
         J = torch.nan_to_num(jacobian(theta, *data))                    # (B,R,P)
-        if P <= R:
-            # damped least squares [J; sqrt(mu D)] delta = [-r; 0] by QR: no squared condition number
-            col_norms = J.square().sum(1)                                # (B,P)
-            damping = torch.diag_embed((mu[:, None] * (col_norms + 1e-12)).sqrt())  # (B,P,P)
-            A = torch.cat([J, damping], dim=1)                           # (B,R+P,P)
-            rhs = torch.cat([-r, torch.zeros(B, P, dtype=r.dtype, device=r.device)], dim=1)  # (B,R+P)
-            Q, Rm = torch.linalg.qr(A)                                   # (B,R+P,P) (B,P,P)
-            delta = torch.linalg.solve_triangular(Rm, Q.transpose(1, 2) @ rhs.unsqueeze(2), upper=True).squeeze(2)
-        else:
-            JJt = J @ J.transpose(1, 2)                                  # (B,R,R)
-            scale = torch.diagonal(JJt, dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-            A = JJt + torch.diag_embed((mu * scale)[:, None].expand(B, R))
-            delta = -(J.transpose(1, 2) @ torch.linalg.solve(A, r.unsqueeze(2))).squeeze(2)
+        # damped least squares min ||J delta + r||^2 + mu s_max^2 ||delta||^2 through the thin SVD of J:
+        # stable for rank-deficient and ill-conditioned Jacobians (no normal equations)
+        U, S, Vh = torch.linalg.svd(J, full_matrices=False)              # (B,R,q) (B,q) (B,q,P)
+        damp = mu[:, None] * S[:, :1].square().clamp_min(1e-300)
+        filt = S / (S.square() + damp)                                   # (B,q)
+        coef = filt * (U.transpose(1, 2) @ r.unsqueeze(2)).squeeze(2)    # (B,q)
+        delta = -(Vh.transpose(1, 2) @ coef.unsqueeze(2)).squeeze(2)     # (B,P)
         delta = torch.nan_to_num(delta) * active[:, None]
         candidate = theta + delta
         if project is not None:
