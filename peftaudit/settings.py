@@ -22,7 +22,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", hypothesis_examples=25, instances=6, dims=(2, 4, 8), lengths=(1, 2, 4),
-                     restarts=4, steps=300, polish_steps=40, planted=32),
+                     restarts=4, steps=200, polish_steps=30, planted=32),
     "ci": Profile("ci", hypothesis_examples=60, instances=12, dims=(2, 4, 8), lengths=(1, 2, 4),
                   restarts=4, steps=400, polish_steps=40, planted=96),
     "thorough": Profile("thorough", hypothesis_examples=400, instances=48, dims=(2, 4, 8, 16), lengths=(1, 2, 4, 8),

@@ -106,3 +106,16 @@ def test_cuda_search_solves_planted_and_replays_on_cpu():
     insts = [planted_prompt_instance(rng, 4, 2) for _ in range(8)]
     attempts = search(insts, SearchConfig(sizes=(2,), device="cuda", **FAST), progress=False)
     assert sum(a.solved for a in attempts) >= 7
+
+
+def test_batched_replay_matches_single_replay():
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import replay, replay_batch
+
+    rng = np.random.default_rng(11)
+    insts = [planted_prompt_instance(rng, 3, 2) for _ in range(3)]
+    adapters = {"prompt": rng.normal(size=(3, 2, 3))}
+    losses, errors = replay_batch(get_method("prompt"), insts, [0, 1, 2], adapters)
+    for i in range(3):
+        loss, err = replay(get_method("prompt"), insts[i], {"prompt": adapters["prompt"][i]})
+        assert losses[i] == pytest.approx(loss, rel=1e-12) and errors[i] == pytest.approx(err, rel=1e-12)

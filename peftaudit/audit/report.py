@@ -149,13 +149,14 @@ def markdown(report: dict) -> str:
         lines += ["", f"## {c['id']}: {c['title']}", "", f"*Verdict:* **{c['verdict']}** — {c['reason']}", "",
                   f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
         rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}}
+        dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:
-            lines += ["| method | size | params | median best loss | solved |", "|---|---|---|---|---|"]
+            lines += ["| method | size | d | params | median best loss | solved |", "|---|---|---|---|---|---|"]
             for label, results in rows.items():
-                for size in sorted({r["size"] for r in results}):
-                    rs = [r for r in results if r["size"] == size]
+                for size, d in sorted({(r["size"], dims[r["instance"]]) for r in results}):
+                    rs = [r for r in results if r["size"] == size and dims[r["instance"]] == d]
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
-                    lines.append(f"| {label} | {size} | {rs[0]['params']} | {median(losses):.3g} | "
+                    lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
         for ce in c["counterexamples"]:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
@@ -164,7 +165,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html(report: dict, figs: dict[str, bytes], md_text: str) -> str:
+def html(report: dict, figs: dict[str, bytes]) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
@@ -213,7 +214,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> P
         md_text = markdown(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.md").write_text(md_text)
-        (tmp / "report.html").write_text(html(report, figs, md_text))
+        (tmp / "report.html").write_text(html(report, figs))
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
             os.replace(out_dir, old / "report")

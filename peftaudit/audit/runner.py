@@ -159,7 +159,7 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
 
 def search_config(profile: Profile, seed: int, device: str) -> SearchConfig:
     return SearchConfig(restarts=profile.restarts, steps=profile.steps, polish_steps=profile.polish_steps,
-                        seed=seed, device=device, rounds=2, tolerance=SOLVED_MAX_ERROR)
+                        seed=seed, device=device, rounds=1, tolerance=SOLVED_MAX_ERROR)
 
 
 def log_stderr(message: str) -> None:

@@ -88,6 +88,20 @@ def _chunk_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def replay_batch(method: Method, instances: Sequence[Instance], rows: Sequence[int],
+                 adapters: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 CPU replay of many candidates at once, from fresh copies of the data (no optimizer
+    graph): per row, (sum of squared errors, max abs error); non-finite results become inf."""
+    weights, X, Y = stacked(instances, rows, torch.device("cpu"))
+    trainable = {k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in adapters.items()}
+    with torch.no_grad():
+        out = method.outputs(instances[rows[0]].spec, weights, trainable, X)
+    err = (out[:, :, out.shape[2] - Y.shape[2]:, :] - Y).reshape(len(rows), -1).numpy()
+    finite = np.isfinite(err).all(axis=1)
+    loss = np.where(finite, np.square(np.nan_to_num(err)).sum(axis=1), np.inf)
+    return loss, np.where(finite, np.abs(np.nan_to_num(err)).max(axis=1), np.inf)
+
+
 def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tuple[float, float]:
     """Float64 CPU replay with the reference forward: (sum of squared errors, max abs error)."""
     from peftaudit.models.transformer import to_torch
@@ -185,9 +199,11 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                         found = _optimize_chunk(method, group.spec, weights, X, Y, size,
                                                 _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar)
                         bar.update(len(part) * per_problem - (bar.n - before))
+                        arrays = {name: t.cpu().numpy() for name, t in found.items()}
+                        losses, errors = replay_batch(method, instances, part, arrays)
                         for b, inst_index in enumerate(part):
-                            adapter = {name: t[b].cpu().numpy() for name, t in found.items()}
-                            loss, err = replay(method, instances[inst_index], adapter)
+                            adapter = {name: a[b].copy() for name, a in arrays.items()}
+                            loss, err = float(losses[b]), float(errors[b])
                             key = (inst_index, size)
                             if key not in best or loss < best[key].best_loss:
                                 best[key] = Attempt(inst_index, config.method, size, n_params, loss, err,
