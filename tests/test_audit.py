@@ -139,3 +139,22 @@ def test_plugin_import_is_light():
     code = "import sys, peftaudit.pytest_plugin; print('torch' in sys.modules, 'z3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_jobs_give_the_same_verdicts_and_certificates(tmp_path):
+    one = run_audit(["L1"], methods=["prompt"], calibration=False, progress=False, quiet=True)
+    two = run_audit(["L1"], methods=["prompt"], jobs=2, calibration=False, progress=False, quiet=True)
+    assert one.verdicts == two.verdicts == {"L1": "CERTIFIED"}
+    assert one.report["claims"][0]["certificates"] == two.report["claims"][0]["certificates"]
+
+
+def test_interrupt_leaves_no_report(tmp_path, monkeypatch, capsys):
+    import peftaudit.audit.api as api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "calibrate", interrupted)
+    out = tmp_path / "rep"
+    assert main(["audit", "--claims", "L1", "--methods", "prompt", "--out", str(out)]) == 130
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert "no report was written" in capsys.readouterr().err
