@@ -22,11 +22,11 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", hypothesis_examples=25, instances=6, dims=(2, 4, 8), lengths=(1, 2, 4),
-                     restarts=4, steps=200, polish_steps=30, planted=32),
+                     restarts=4, steps=200, polish_steps=100, planted=32),
     "ci": Profile("ci", hypothesis_examples=60, instances=12, dims=(2, 4, 8), lengths=(1, 2, 4),
-                  restarts=4, steps=400, polish_steps=40, planted=96),
+                  restarts=4, steps=400, polish_steps=100, planted=96),
     "thorough": Profile("thorough", hypothesis_examples=400, instances=48, dims=(2, 4, 8, 16), lengths=(1, 2, 4, 8),
-                        restarts=8, steps=1500, polish_steps=80, planted=512),
+                        restarts=8, steps=1500, polish_steps=200, planted=512),
 }
 
 
