@@ -170,3 +170,49 @@ def test_no_prompt_beats_a_certified_margin(inst, length, log_scale, seed):
     prompts = rng.normal(size=(64, length, inst.spec.d)) * np.exp(log_scale)
     for prompt in prompts:
         assert _last_token_error(inst, prompt) >= float(result.margin)
+
+
+def _rng_d(seed):
+    return np.random.default_rng(seed), int(np.random.default_rng(seed).integers(2, 5))
+
+
+@pytest.fixture(scope="module")
+def piece_certificate():
+    from peftaudit.verify.l1 import _certify_plain, _group, _problem_data
+    rng, _ = _rng_d(1)
+    inst = l1_instance(rng, int(np.random.default_rng(1).integers(2, 5)), "parallel")
+    result = certify(inst, "L1+")
+    plain = _certify_plain(inst, "L1+", _problem_data(inst, _group(inst)), 1e-9, 60_000)
+    return inst, result, plain
+
+
+def test_normaliser_bound_certificates_check_and_sharpen_the_margin(piece_certificate):
+    inst, result, plain = piece_certificate
+    assert result.status == "certified" and "pieces" in result.certificate
+    assert check_certificate(json.loads(json.dumps(result.certificate))).valid
+    assert plain.margin is None or result.margin > plain.margin
+    rng = np.random.default_rng(0)
+    for log_scale in (-4, 0, 2, 5):
+        for prompt in rng.normal(size=(32, 3, inst.spec.d)) * np.exp(log_scale):
+            assert _last_token_error(inst, prompt) >= float(result.margin)
+
+
+@pytest.mark.parametrize("field", ["sigma_max", "z_hi", "z_lo", "Zhi", "Sig", "E"])
+def test_tampering_with_pieces_invalidates(piece_certificate, field):
+    cert = copy.deepcopy(piece_certificate[1].certificate)
+    pieces = cert["pieces"]
+    if field == "sigma_max":
+        piece = next(p for p in pieces if p["sigma_max"] is not None)
+        piece["sigma_max"] = "0/1"
+    elif field == "z_hi":
+        pieces[0]["z_hi"] = _nudge(pieces[0]["z_hi"], ("z_hi",))
+    elif field == "z_lo":
+        pieces[-1]["z_lo"] = _nudge(pieces[-1]["z_lo"], ("z_lo",))
+    else:
+        piece = next(p for p in pieces if field in p["multipliers"])
+        value = piece["multipliers"][field]
+        if isinstance(value, list):
+            value[0][0] = _nudge(value[0][0], ("E", 0))
+        else:
+            piece["multipliers"][field] = _nudge(value, (field,))
+    assert not check_certificate(cert).valid

@@ -200,6 +200,73 @@ def _mlp(m: dict, h: list[Fraction]) -> list[Fraction]:
     return [hi + a + b for hi, a, b in zip(h, _mv(m["W2"], act), m["b2"])]
 
 
+def _farkas(mult: Any, rows: list, V: list, key: list, delta: Fraction, shared: bool,
+            piece: tuple | None) -> str | None:
+    """None when the multipliers prove the system of the module docstring infeasible, else why.
+
+    piece = (z_lo, z_hi, sigma_max) adds, for L1+, the rows -<key, v> <= -z_lo (Zlo),
+    <key, v> <= z_hi (Zhi) and sigma <= sigma_max (Sig): the bound sigma <= exp(-<key, v>) of
+    SPEC section 2 (with v the softmax-weighted prompt mean, log S_P >= <key, v>) on that piece.
+    """
+    d = len(V)
+    K = len(rows)
+
+    def fam(name: str, i: int, n: int | None) -> Any:
+        got = _get(mult, name, "multipliers")
+        if not isinstance(got, list) or len(got) != K:
+            raise MalformedCertificate(f"multipliers.{name}: expected one entry per member")
+        return _vec(got[i], f"multipliers.{name}[{i}]", n) if n else _rat(got[i], f"multipliers.{name}[{i}]")
+
+    col_v = [Fraction(0)] * d
+    col_sigma = Fraction(0)
+    rhs = Fraction(0)
+    for i, (c, a_lo, a_hi, S_lo, S_hi) in enumerate(rows):
+        yE, yWhi, yWlo = fam("E", i, d), fam("Whi", i, d), fam("Wlo", i, d)
+        yQhi, yQlo, yS = fam("Qhi", i, d), fam("Qlo", i, d), fam("S", i, None)
+        nonneg = yWhi + yWlo + yQhi + yQlo + [yS]
+        col_s = -yS
+        if shared:
+            yMhi, yMlo = fam("Mhi", i, None), fam("Mlo", i, None)
+            nonneg += [yMhi, yMlo]
+            col_s += yMhi - yMlo
+            col_sigma += -S_hi * yMhi + S_lo * yMlo
+        if any(v < 0 for v in nonneg):
+            return f"member {i}: a multiplier of an inequality is negative"
+        for k in range(d):
+            if -yE[k] + yWhi[k] - yWlo[k] != 0:
+                return f"member {i}: column w[{k}] does not cancel"
+            if yE[k] + yQhi[k] - yQlo[k] != 0:
+                return f"member {i}: column q[{k}] does not cancel"
+            col_s += (-(c[k] + delta) * yWhi[k] + (c[k] - delta) * yWlo[k]
+                      - a_hi[k] * yQhi[k] + a_lo[k] * yQlo[k])
+            rhs += (c[k] + delta) * yWhi[k] + (delta - c[k]) * yWlo[k]
+        if col_s != 0:
+            return f"member {i}: column s does not cancel"
+        col_v = [a + b for a, b in zip(col_v, _mtv(V, yE))]
+    if piece is not None:
+        z_lo, z_hi, cap = piece
+        extras = {"Zlo": z_lo, "Zhi": z_hi, "Sig": cap}
+        vals = {}
+        for name, bound in extras.items():
+            vals[name] = Fraction(0) if bound is None else _rat(_get(mult, name, "multipliers"), f"multipliers.{name}")
+            if vals[name] < 0:
+                return f"multiplier {name} is negative"
+        col_v = [a + kk * (vals["Zhi"] - vals["Zlo"]) for a, kk in zip(col_v, key)]
+        col_sigma += vals["Sig"]
+        rhs += (z_hi or 0) * vals["Zhi"] - (z_lo or 0) * vals["Zlo"] + (cap or 0) * vals["Sig"]
+    if any(v != 0 for v in col_v):
+        return "column v does not cancel"
+    if shared:
+        yN = _rat(_get(mult, "N", "multipliers"), "multipliers.N")
+        if yN < 0:
+            return "multiplier N is negative"
+        if col_sigma - yN != 0:
+            return "column sigma does not cancel"
+    if not rhs < 0:
+        return "the combined right-hand side is not negative (no contradiction)"
+    return None
+
+
 def check_certificate(cert: Any) -> CheckResult:
     """Re-verify a certificate. Raises MalformedCertificate when it is not one."""
     if not isinstance(cert, dict) or cert.get("format") != CERT_FORMAT:
@@ -221,23 +288,14 @@ def check_certificate(cert: Any) -> CheckResult:
     claimed = _rat(_get(cert, "margin", "certificate"), "margin")
     shift = _rat(cert.get("logit_shift", 0), "logit_shift")
     data = _get(cert, "data", "certificate")
-    mult = _get(cert, "multipliers", "certificate")
     if not isinstance(data, list) or len(data) != len(members):
         raise MalformedCertificate("data: expected one entry per member")
 
-    def fam(name: str, i: int, n: int | None) -> Any:
-        rows = _get(mult, name, "multipliers")
-        if not isinstance(rows, list) or len(rows) != len(members):
-            raise MalformedCertificate(f"multipliers.{name}: expected one entry per member")
-        return _vec(rows[i], f"multipliers.{name}[{i}]", n) if n else _rat(rows[i], f"multipliers.{name}[{i}]")
-
     if delta < 0:
         return CheckResult(False, "delta is negative")
-    # tokens after positional encoding; members must share the last one
+    # 1. the problem data: tokens after positional encoding, boxes, normalisers, residuals
     x0 = None
-    col_v = [Fraction(0)] * d
-    col_sigma = Fraction(0)
-    rhs = Fraction(0)
+    rows = []  # per member: (c, a_lo, a_hi, S_lo, S_hi)
     residual = Fraction(0)
     for idx, (i, entry) in enumerate(zip(members, data)):
         X = _mat(_get(dataset[i], "X", f"dataset[{i}]"), f"dataset[{i}].X", d)
@@ -267,44 +325,40 @@ def check_certificate(cert: Any) -> CheckResult:
                 return CheckResult(False, f"member {i}: the attention box does not enclose a_i (coordinate {k})")
         r = [o - t for o, t in zip(_mlp(m, [a + b for a, b in zip(x0, c)]), y)]
         residual = max(residual, max(abs(v) for v in r))
-        # multipliers and the columns of the system
-        yE, yWhi, yWlo = fam("E", idx, d), fam("Whi", idx, d), fam("Wlo", idx, d)
-        yQhi, yQlo, yS = fam("Qhi", idx, d), fam("Qlo", idx, d), fam("S", idx, None)
-        nonneg = yWhi + yWlo + yQhi + yQlo + [yS]
-        col_s = -yS
+        S_lo = S_hi = None
         if shared:
             S_lo = _rat(_get(entry, "S_lo", "data"), f"data[{idx}].S_lo")
             S_hi = _rat(_get(entry, "S_hi", "data"), f"data[{idx}].S_hi")
             e = [exp_bounds(l - shift) for l in logits]
             if not (S_lo <= sum((lo for lo, _ in e), Fraction(0)) and sum((hi for _, hi in e), Fraction(0)) <= S_hi):
                 return CheckResult(False, f"member {i}: [S_lo, S_hi] does not enclose the normaliser")
-            yMhi, yMlo = fam("Mhi", idx, None), fam("Mlo", idx, None)
-            nonneg += [yMhi, yMlo]
-            col_s += yMhi - yMlo
-            col_sigma += -S_hi * yMhi + S_lo * yMlo
-        if any(v < 0 for v in nonneg):
-            return CheckResult(False, f"member {i}: a multiplier of an inequality is negative")
-        for k in range(d):
-            if -yE[k] + yWhi[k] - yWlo[k] != 0:
-                return CheckResult(False, f"member {i}: column w[{k}] does not cancel")
-            if yE[k] + yQhi[k] - yQlo[k] != 0:
-                return CheckResult(False, f"member {i}: column q[{k}] does not cancel")
-            col_s += (-(c[k] + delta) * yWhi[k] + (c[k] - delta) * yWlo[k]
-                      - a_hi[k] * yQhi[k] + a_lo[k] * yQlo[k])
-            rhs += (c[k] + delta) * yWhi[k] + (delta - c[k]) * yWlo[k]
-        if col_s != 0:
-            return CheckResult(False, f"member {i}: column s does not cancel")
-        col_v = [a + b for a, b in zip(col_v, _mtv(m["V"], yE))]
-    if any(v != 0 for v in col_v):
-        return CheckResult(False, "column v does not cancel")
-    if shared:
-        yN = _rat(_get(mult, "N", "multipliers"), "multipliers.N")
-        if yN < 0:
-            return CheckResult(False, "multiplier N is negative")
-        if col_sigma - yN != 0:
-            return CheckResult(False, "column sigma does not cancel")
-    if not rhs < 0:
-        return CheckResult(False, "the combined right-hand side is not negative (no contradiction)")
+        rows.append((c, a_lo, a_hi, S_lo, S_hi))
+    key = _mtv(m["Wk"], _mv(m["Wq"], x0))  # logit of a prompt token p is <p, key>
+    # 2. infeasibility: one system, or (L1+) one per piece of the z = <key, v> line
+    pieces = cert.get("pieces")
+    if pieces is None:
+        why = _farkas(_get(cert, "multipliers", "certificate"), rows, m["V"], key, delta, shared, None)
+        if why:
+            return CheckResult(False, why)
+    else:
+        if not shared or not isinstance(pieces, list) or not pieces:
+            raise MalformedCertificate("pieces: expected a non-empty list (L1+ only)")
+        bounds = []
+        for j, piece in enumerate(pieces):
+            z_lo = None if _get(piece, "z_lo", f"pieces[{j}]") is None else _rat(piece["z_lo"], f"pieces[{j}].z_lo")
+            z_hi = None if _get(piece, "z_hi", f"pieces[{j}]") is None else _rat(piece["z_hi"], f"pieces[{j}].z_hi")
+            cap = None if _get(piece, "sigma_max", f"pieces[{j}]") is None else _rat(piece["sigma_max"], "sigma_max")
+            bounds.append((z_lo, z_hi))
+            if cap is not None:  # sigma' <= exp(shift - z) <= exp(shift - z_lo) on this piece
+                if z_lo is None or cap < exp_bounds(shift - z_lo)[1]:
+                    return CheckResult(False, f"piece {j}: sigma_max is not a proven bound on exp(shift - z_lo)")
+            why = _farkas(_get(piece, "multipliers", f"pieces[{j}]"), rows, m["V"], key, delta, shared,
+                          (z_lo, z_hi, cap))
+            if why:
+                return CheckResult(False, f"piece {j}: {why}")
+        if bounds[0][0] is not None or bounds[-1][1] is not None or any(
+                hi is None or lo is None or hi != lo for (_, hi), (lo, _) in zip(bounds, bounds[1:])):
+            return CheckResult(False, "the pieces do not cover the whole z line")
     # margin at the layer output
     kappa = Fraction(0)
     w1_row_sums = [sum((abs(x) for x in row), Fraction(0)) for row in m["W1"]]

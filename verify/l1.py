@@ -26,6 +26,7 @@ from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
 from .softmax_bounds import softmax_enclosure, sum_exp_enclosure
 
 CLAIMS = ("L1", "L1+")
+Piece = tuple  # (z_hi | None, z_lo | None, sigma_max | None) for the L1+ normaliser bound
 DEFAULT_TOLERANCE = 1e-9
 BISECTION_STEPS = 60
 INJECTIVITY_TIMEOUT_MS = 5_000
@@ -64,6 +65,8 @@ class _Data:
     shift: Fraction
     kappa: Fraction
     residual: Fraction  # max_i ||MLP(x_0 + c_i) - y_i||_inf, exact
+    key: list = field(default_factory=list)  # k = Wk^T Wq x_0: the logit of a prompt token p is <p, k>
+    g: list | None = None                    # V^T g = k exactly, when k is in range(V^T)
 
 
 def _group(inst: Instance) -> tuple[int, ...]:
@@ -140,7 +143,7 @@ def _problem_data(inst: Instance, members: tuple[int, ...]) -> _Data:
         lo, hi = sum_exp_enclosure(logits, shift)
         S_lo.append(lo)
         S_hi.append(hi)
-    return _Data(members, V, c, a_lo, a_hi, S_lo, S_hi, shift, branch_lipschitz(mlp), residual)
+    return _Data(members, V, c, a_lo, a_hi, S_lo, S_hi, shift, branch_lipschitz(mlp), residual, key=key_direction)
 
 
 def _mlp_exact(mlp: MLPWeights, h: Vec) -> Vec:
@@ -150,8 +153,9 @@ def _mlp_exact(mlp: MLPWeights, h: Vec) -> Vec:
 
 # ------------------------------------------------------------------ the float dual LP
 
-def _dual_lp(data: _Data, delta: float, shared: bool) -> np.ndarray | None:
-    """Float multipliers (y+_i, y-_i [, mh_i, ml_i]) proving infeasibility at delta, or None.
+def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = None) -> np.ndarray | None:
+    """Float multipliers (y+_i, y-_i [, mh_i, ml_i], then yZhi, yZlo, ySig) proving infeasibility
+    at delta, or None. `piece` adds the L1+ normaliser bound on one piece of the z line.
 
     Derived from the system in verify/check.py by eliminating the multipliers that the
     identities fix: y_E = y+ - y-, y_Whi = y_Qlo = y+, y_Wlo = y_Qhi = y-. Normalized by
@@ -160,7 +164,7 @@ def _dual_lp(data: _Data, delta: float, shared: bool) -> np.ndarray | None:
     """
     K, d = len(data.members), len(data.V)
     per = 2 * d + (2 if shared else 0)
-    n = K * per
+    n = K * per + 3  # + yZhi, yZlo, ySig (fixed at 0 unless the piece has that bound)
     V = np.array([[float(x) for x in row] for row in data.V])
     A_eq = np.zeros((d + 1, n))
     b_eq = np.zeros(d + 1)
@@ -190,11 +194,22 @@ def _dual_lp(data: _Data, delta: float, shared: bool) -> np.ndarray | None:
         objective[o:o + d] = c + delta
         objective[o + d:o + 2 * d] = -(c - delta)
     b_eq[d] = 1.0
+    bounds = [(0, None)] * (n - 3) + [(0, 0)] * 3
+    if piece is not None:
+        key = np.array([float(x) for x in data.key])
+        z_hi, z_lo, cap = piece
+        for j, (bound, sign) in enumerate(((z_hi, 1.0), (z_lo, -1.0), (cap, 0.0))):
+            if bound is not None:
+                bounds[n - 3 + j] = (0, None)
+                objective[n - 3 + j] = float(bound) * (1.0 if j != 1 else -1.0)
+                if j < 2:
+                    A_eq[:d, n - 3 + j] = sign * key
+        shared_row[n - 1] = -1.0
     if shared:
         A_ub.append(shared_row)
         b_ub.append(0.0)
     res = linprog(objective, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=A_eq, b_eq=b_eq,
-                  bounds=(0, None), method="highs")
+                  bounds=bounds, method="highs")
     if res.status != 0 or res.fun > -LP_CONTRADICTION * scale:
         return None
     return res.x
@@ -224,8 +239,9 @@ def _bisect(data: _Data, shared: bool) -> tuple[float, np.ndarray | None]:
 # ------------------------------------------------------------------ exact multipliers
 
 def _multipliers_from(data: _Data, ys: list[Vec], mh: list[Fraction], ml: list[Fraction],
-                      delta: Fraction, shared: bool) -> dict:
-    """Full multiplier families of the check.py system from y_i (and mh, ml for L1+)."""
+                      delta: Fraction, shared: bool, extras: dict | None = None) -> dict:
+    """Full multiplier families of the check.py system from y_i (mh, ml for L1+; the piece's
+    Zhi, Zlo, Sig multipliers in `extras`)."""
     fam: dict[str, Any] = {k: [] for k in ("E", "Whi", "Wlo", "Qhi", "Qlo", "S")}
     if shared:
         fam["Mhi"], fam["Mlo"] = list(mh), list(ml)
@@ -244,10 +260,14 @@ def _multipliers_from(data: _Data, ys: list[Vec], mh: list[Fraction], ml: list[F
         fam["S"].append(yS)
     if shared:
         fam["N"] = sum((data.S_lo[i] * ml[i] - data.S_hi[i] * mh[i] for i in range(len(ys))), Fraction(0))
+    if extras:
+        fam.update(extras)
+        fam["N"] += extras.get("Sig", Fraction(0))
     return fam
 
 
-def _repair(data: _Data, sol: np.ndarray, shared: bool) -> tuple[list, list, list, Fraction]:
+def _repair(data: _Data, sol: np.ndarray, shared: bool, piece: "Piece | None" = None
+            ) -> tuple[list, list, list, dict, Fraction]:
     """Exact multipliers from a float dual solution, and the largest radius they prove.
 
     y_i are the exact values of the floats, with the last one reset so that sum_i y_i = 0
@@ -257,12 +277,23 @@ def _repair(data: _Data, sol: np.ndarray, shared: bool) -> tuple[list, list, lis
     K, d = len(data.members), len(data.V)
     per = 2 * d + (2 if shared else 0)
     ys = [[q(sol[i * per + k]) - q(sol[i * per + d + k]) for k in range(d)] for i in range(K)]
-    ys[-1] = [-sum((ys[i][k] for i in range(K - 1)), Fraction(0)) for k in range(d)]
+    extras: dict[str, Fraction] = {}
+    offset = Fraction(0)  # sum_i V^T y_i = -key (yZhi - yZlo): with V^T g = key, sum_i y_i = -g (yZhi - yZlo)
+    if piece is not None:
+        n = K * per + 3
+        for j, name in enumerate(("Zhi", "Zlo", "Sig")):
+            if piece[j] is not None:
+                extras[name] = q(sol[n - 3 + j])
+        offset = extras.get("Zhi", Fraction(0)) - extras.get("Zlo", Fraction(0))
+        if offset and data.g is None:
+            return ys, [], [], extras, Fraction(-1)
+    g = data.g if offset else [Fraction(0)] * d
+    ys[-1] = [-sum((ys[i][k] for i in range(K - 1)), Fraction(0)) - g[k] * offset for k in range(d)]
     mh = [q(sol[i * per + 2 * d]) for i in range(K)] if shared else []
     ml = [q(sol[i * per + 2 * d + 1]) for i in range(K)] if shared else []
     if shared:
         give = sum((data.S_hi[i] * mh[i] for i in range(K)), Fraction(0))
-        take = sum((data.S_lo[i] * ml[i] for i in range(K)), Fraction(0))
+        take = sum((data.S_lo[i] * ml[i] for i in range(K)), Fraction(0)) + extras.get("Sig", Fraction(0))
         if take < give:  # shrink mh so that the sigma multiplier N stays >= 0
             mh = [m * take / give for m in mh]
     bound: Fraction | None = None
@@ -276,13 +307,16 @@ def _repair(data: _Data, sol: np.ndarray, shared: bool) -> tuple[list, list, lis
         if norm:
             bound = base / norm if bound is None else min(bound, base / norm)
         elif base < 0:
-            return ys, mh, ml, Fraction(-1)
+            return ys, mh, ml, extras, Fraction(-1)
         total_c += sum((a * b for a, b in zip(c, y)), Fraction(0))
         total_norm += norm
+    if piece is not None:
+        z_hi, z_lo, cap = piece
+        total_c += (z_hi or 0) * extras.get("Zhi", 0) - (z_lo or 0) * extras.get("Zlo", 0) + (cap or 0) * extras.get("Sig", 0)
     if total_norm == 0 or total_c >= 0:
-        return ys, mh, ml, Fraction(-1)
+        return ys, mh, ml, extras, Fraction(-1)
     strict = -total_c / total_norm * (1 - Fraction(1, 1 << 30))  # the right-hand side must stay < 0
-    return ys, mh, ml, strict if bound is None else min(bound, strict)
+    return ys, mh, ml, extras, strict if bound is None else min(bound, strict)
 
 
 def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int) -> dict | str | None:
@@ -333,7 +367,7 @@ def _z3_multipliers(data: _Data, delta: Fraction, shared: bool, timeout_ms: int)
 
 
 def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margin: Fraction,
-                 multipliers: dict, tolerance: float) -> dict:
+                 multipliers: dict | None, tolerance: float, pieces: list | None = None) -> dict:
     def enc(x: Any) -> Any:
         if isinstance(x, Fraction):
             return frac_str(x)
@@ -349,11 +383,16 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
             entry.update(S_lo=data.S_lo[i], S_hi=data.S_hi[i])
         entries.append(entry)
     cert = {"format": CERT_FORMAT, "claim": claim, "instance": to_dict(inst), "members": list(data.members),
-            "delta": delta, "margin": margin, "data": entries, "multipliers": multipliers,
+            "delta": delta, "margin": margin, "data": entries,
             "info": {"tolerance": tolerance, "kappa": float(data.kappa), "residual": float(data.residual),
                      "margin_float": float(margin), "delta_float": float(delta)}}
     if claim == "L1+":
         cert["logit_shift"] = data.shift
+    if pieces is None:
+        cert["multipliers"] = multipliers
+    else:
+        cert["pieces"] = [{"z_lo": z_lo, "z_hi": z_hi, "sigma_max": cap, "multipliers": fam}
+                          for (z_hi, z_lo, cap), fam in pieces]
     return enc(cert)
 
 
@@ -366,8 +405,41 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     why = hypotheses(inst, decide_injectivity)
     if why is not None:
         return CertifyResult(claim, "not-applicable", why)
-    shared = claim == "L1+"
     data = _problem_data(inst, _group(inst))
+    result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
+    if claim == "L1+" and result.status in ("certified", "not-certified"):
+        sharper = _certify_with_normaliser(inst, data, result, tolerance)
+        if sharper is not None:
+            return sharper
+    return result
+
+
+def _certify_with_normaliser(inst: Instance, data: _Data, plain: CertifyResult,
+                             tolerance: float) -> CertifyResult | None:
+    """L1+ with the bound sigma <= exp(-<k, v>) (verify/l1_normaliser.py), when it does better."""
+    from .l1_normaliser import sharpen
+
+    found = sharpen(data, plain.best_error or 0.0)
+    if found is None:
+        return None
+    delta, pieces = found
+    margin = (1 - data.kappa) * delta - data.residual
+    if float(margin) <= tolerance or (plain.margin is not None and margin <= plain.margin):
+        return None
+    cert = _certificate(inst, "L1+", data, delta, margin, None, tolerance, pieces)
+    if not check_certificate(cert).valid:
+        return None
+    return CertifyResult("L1+", "certified",
+                         f"no prompt of any length gets the last-token error below {float(margin):.6g} "
+                         f"(attention radius {float(delta):.6g}, kappa {float(data.kappa):.3g}; with the normaliser "
+                         f"bound sigma <= exp(-<k, v>) over {len(pieces)} pieces; checked)",
+                         margin=margin, delta=delta, best_error=plain.best_error, members=data.members,
+                         certificate=cert)
+
+
+def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, timeout_ms: int) -> CertifyResult:
+    """L1, or L1+ without the normaliser bound: bisection, exact multipliers, independent check."""
+    shared = claim == "L1+"
     one_minus_kappa = 1 - data.kappa
     best, sol = _bisect(data, shared)
     if sol is None or best <= 0:
@@ -380,7 +452,7 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
                              f"best layer-output margin {float(margin):.3g} is not above the tolerance {tolerance:g}",
                              best_error=best, members=data.members)
     how = "float LP multipliers, made exact"
-    ys, mh, ml, radius = _repair(data, sol, shared)
+    ys, mh, ml, _, radius = _repair(data, sol, shared)
     delta = min(delta, radius)
     margin = one_minus_kappa * delta - data.residual
     cert = None

@@ -66,3 +66,21 @@ def frac_str(x: Fraction) -> str:
 def rationalize(x: float, max_den: int = 1 << 40) -> Fraction:
     """A short rational near a float (for multipliers proposed by a float LP)."""
     return Fraction(float(x)).limit_denominator(max_den)
+
+
+def solve_exact(A: Mat, b: Sequence[Fraction]) -> Vec | None:
+    """The unique x with A x = b (A square), by Gaussian elimination in Fractions; None if singular."""
+    n = len(A)
+    M = [list(row) + [bi] for row, bi in zip(A, b)]
+    for col in range(n):
+        pivot = next((r for r in range(col, n) if M[r][col] != 0), None)
+        if pivot is None:
+            return None
+        M[col], M[pivot] = M[pivot], M[col]
+        inv = 1 / M[col][col]
+        M[col] = [v * inv for v in M[col]]
+        for r in range(n):
+            if r != col and M[r][col] != 0:
+                f = M[r][col]
+                M[r] = [a - f * p for a, p in zip(M[r], M[col])]
+    return [row[n] for row in M]
