@@ -63,13 +63,13 @@ def _diverging_directions(rng: np.random.Generator, a: list[np.ndarray], d: int)
 
 
 def l1_instance(rng: np.random.Generator, d: int, variant: str = "skew", *, positional: bool = False,
-                output_map: bool = False, kappa: float = 0.5) -> Instance:
+                output_map: bool = False, kappa: float = 0.5, value_map: np.ndarray | None = None) -> Instance:
     """Two examples [x_i, x_0] sharing x_0 whose targets need attention outputs c_i = a_i + e_i.
 
     skew: independent directions (rays that never meet, robustly: d >= 3 skew, d = 2 diverging);
     parallel: e_1 = e_2 (unmemorizable exactly, but only L1+ can give a robust margin, and only
     when the two normalisers differ); exact: zero logits at x_0 (W_q x_0 = 0 exactly), so every
-    softmax is uniform and rational, with skew rays.
+    softmax is uniform and rational, with skew rays. value_map replaces W_v (shape (d, d)).
     """
     if variant not in L1_VARIANTS:
         raise InputError("l1 variant", variant, "one of " + ", ".join(L1_VARIANTS))
@@ -81,6 +81,8 @@ def l1_instance(rng: np.random.Generator, d: int, variant: str = "skew", *, posi
     head = HeadShape(k=d, v=d, has_wo=output_map)
     spec = ModelSpec(d=d, layers=(LayerShape(heads=(head,), hidden=2 * d),), positions=2 if positional else 0)
     weights = model_weights(rng, spec, kappa=kappa)
+    if value_map is not None:  # e.g. ill-conditioned or low-rank W_v (strategies/weights.py)
+        weights["layers.0.heads.0.Wv"] = np.asarray(value_map, dtype=np.float64)
     x0 = rng.normal(size=d)
     if variant == "exact":
         x0 = np.zeros(d)

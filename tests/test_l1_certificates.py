@@ -216,3 +216,21 @@ def test_tampering_with_pieces_invalidates(piece_certificate, field):
         else:
             piece["multipliers"][field] = _nudge(value, (field,))
     assert not check_certificate(cert).valid
+
+
+@given(st.integers(2, 5), st.sampled_from(["low-rank", "ill-conditioned"]), st.sampled_from(["L1", "L1+"]),
+       st.integers(0, 2**31))
+def test_degenerate_value_maps_are_handled_soundly(d, kind, claim, seed):
+    """Low-rank or ill-conditioned W_v: float LPs can fake null directions; only exact checks count."""
+    from peftaudit.strategies.weights import low_rank_matrix, spectrum_matrix
+    rng = np.random.default_rng(seed)
+    V = (low_rank_matrix(rng, d, d, max(1, d // 2)) if kind == "low-rank"
+         else spectrum_matrix(rng, np.logspace(0, -9, d)))
+    inst = l1_instance(rng, d, "skew", value_map=V)
+    result = certify(inst, claim)
+    assert result.status in ("certified", "not-certified", "unknown")
+    if result.status == "certified":
+        assert check_certificate(result.certificate).valid
+        for scale in (1e-2, 1.0, 1e3):
+            for prompt in rng.normal(size=(16, 2, d)) * scale:
+                assert _last_token_error(inst, prompt) >= float(result.margin)

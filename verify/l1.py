@@ -153,7 +153,8 @@ def _mlp_exact(mlp: MLPWeights, h: Vec) -> Vec:
 
 # ------------------------------------------------------------------ the float dual LP
 
-def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = None) -> np.ndarray | None:
+def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = None,
+             sum_zero: bool = False) -> np.ndarray | None:
     """Float multipliers (y+_i, y-_i [, mh_i, ml_i], then yZhi, yZlo, ySig) proving infeasibility
     at delta, or None. `piece` adds the L1+ normaliser bound on one piece of the z line.
 
@@ -161,11 +162,13 @@ def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = No
     identities fix: y_E = y+ - y-, y_Whi = y_Qlo = y+, y_Wlo = y_Qhi = y-. Normalized by
     sum |y| = 1, it minimizes the combined right-hand side; a clearly negative optimum is a
     (float) certificate. Bounded multipliers keep HiGHS honest near the feasibility boundary.
+    sum_zero asks for sum_i y_i = 0 instead of sum_i V^T y_i = 0: a restriction that ignores
+    near-null directions of V (which float tolerances can fake), so the exact repair is clean.
     """
     K, d = len(data.members), len(data.V)
     per = 2 * d + (2 if shared else 0)
     n = K * per + 3  # + yZhi, yZlo, ySig (fixed at 0 unless the piece has that bound)
-    V = np.array([[float(x) for x in row] for row in data.V])
+    V = np.eye(d) if sum_zero else np.array([[float(x) for x in row] for row in data.V])
     A_eq = np.zeros((d + 1, n))
     b_eq = np.zeros(d + 1)
     A_ub, b_ub = [], []
@@ -215,18 +218,18 @@ def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = No
     return res.x
 
 
-def _bisect(data: _Data, shared: bool) -> tuple[float, np.ndarray | None]:
+def _bisect(data: _Data, shared: bool, sum_zero: bool = False) -> tuple[float, np.ndarray | None]:
     """Largest delta with a float dual solution (0.0 and None when even delta = 0 has none)."""
-    sol0 = _dual_lp(data, 0.0, shared)
+    sol0 = _dual_lp(data, 0.0, shared, sum_zero=sum_zero)
     if sol0 is None:
         return 0.0, None
     hi = max(1.0, *(abs(float(x)) for v in data.c + data.a_hi + data.a_lo for x in v))
-    while _dual_lp(data, hi, shared) is not None:
+    while _dual_lp(data, hi, shared, sum_zero=sum_zero) is not None:
         hi *= 4
     lo, best = 0.0, sol0
     for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2
-        sol = _dual_lp(data, mid, shared)
+        sol = _dual_lp(data, mid, shared, sum_zero=sum_zero)
         if sol is not None:
             lo, best = mid, sol
         else:
@@ -437,6 +440,20 @@ def _certify_with_normaliser(inst: Instance, data: _Data, plain: CertifyResult,
                          certificate=cert)
 
 
+def _exact_certificate(inst: Instance, claim: str, data: _Data, sol: np.ndarray, delta: Fraction,
+                       tolerance: float) -> dict | None:
+    """The checked certificate that float multipliers give once made exact, or None."""
+    shared = claim == "L1+"
+    ys, mh, ml, _, radius = _repair(data, sol, shared)
+    delta = min(delta, radius)
+    margin = (1 - data.kappa) * delta - data.residual
+    if float(margin) <= tolerance:
+        return None
+    cert = _certificate(inst, claim, data, delta, margin, _multipliers_from(data, ys, mh, ml, delta, shared),
+                        tolerance)
+    return cert if check_certificate(cert).valid else None
+
+
 def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, timeout_ms: int) -> CertifyResult:
     """L1, or L1+ without the normaliser bound: bisection, exact multipliers, independent check."""
     shared = claim == "L1+"
@@ -452,14 +469,16 @@ def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, ti
                              f"best layer-output margin {float(margin):.3g} is not above the tolerance {tolerance:g}",
                              best_error=best, members=data.members)
     how = "float LP multipliers, made exact"
-    ys, mh, ml, _, radius = _repair(data, sol, shared)
-    delta = min(delta, radius)
-    margin = one_minus_kappa * delta - data.residual
-    cert = None
-    if float(margin) > tolerance:
-        cert = _certificate(inst, claim, data, delta, margin, _multipliers_from(data, ys, mh, ml, delta, shared),
-                            tolerance)
-    if cert is None or not check_certificate(cert).valid:
+    cert = _exact_certificate(inst, claim, data, sol, delta, tolerance)
+    if cert is None:  # near-null directions of V may have fooled the float LP: ask for sum_i y_i = 0
+        best_sum, sol_sum = _bisect(data, shared, sum_zero=True)
+        if sol_sum is not None and best_sum > 0:
+            how = "float LP multipliers with sum_i y_i = 0, made exact"
+            cert = _exact_certificate(inst, claim, data, sol_sum, Fraction(best_sum) * (1 - Fraction(CERT_SHRINK)),
+                                      tolerance)
+    if cert is not None:
+        delta, margin = Fraction(cert["delta"]), Fraction(cert["margin"])
+    else:
         how = "z3 exact dual"
         delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
         margin = one_minus_kappa * delta - data.residual
