@@ -119,3 +119,19 @@ def test_batched_replay_matches_single_replay():
     for i in range(3):
         loss, err = replay(get_method("prompt"), insts[i], {"prompt": adapters["prompt"][i]})
         assert losses[i] == pytest.approx(loss, rel=1e-12) and errors[i] == pytest.approx(err, rel=1e-12)
+
+
+def test_finishing_pass_completes_near_misses():
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import Attempt, _finish, replay
+    from peftaudit.search.problems import group_instances
+
+    rng = np.random.default_rng(12)
+    inst = planted_prompt_instance(rng, 4, 2)
+    near = np.array(inst.meta["planted"]["prompt"]) + 1e-7 * rng.normal(size=(2, 4))
+    loss, err = replay(get_method("prompt"), inst, {"prompt": near})
+    assert 1e-8 < err < 1e-4
+    best = {(0, 2): Attempt(0, "prompt", 2, 8, loss, err, False, {"prompt": near})}
+    config = SearchConfig(sizes=(2,), polish_steps=20)
+    _finish([inst], group_instances([inst]), get_method("prompt"), config, torch.device("cpu"), best, {(0, 2)})
+    assert best[(0, 2)].solved and best[(0, 2)].max_abs_error <= 1e-8

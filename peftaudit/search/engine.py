@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +27,8 @@ from .problems import bytes_per_problem, group_instances, resolve_device, stacke
 
 DEFAULT_MAX_MEMORY_MB = 2048
 SOLVED_MAX_ERROR = 1e-8
+FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
+FINISH_FACTOR = 5   # their finishing pass runs this many times the polish steps
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,15 @@ def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tu
 
 
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
-                    device: torch.device, bar: tqdm | None) -> dict[str, torch.Tensor]:
+                    device: torch.device, bar: tqdm | None,
+                    start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Adam then Levenberg-Marquardt on one chunk; returns each problem's best trainable tensors."""
     B = X.shape[0]
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     trainable = method.init(spec, B, size, gen, dtype=torch.float64, device=device)
+    if start is not None:  # a finishing pass: continue from the best point found so far
+        trainable = {name: start[name].to(device=device, dtype=torch.float64) for name in trainable}
     tol_loss = config.tolerance ** 2 * 1e-4  # stop well inside the replay tolerance
 
     def residuals(tr: dict[str, torch.Tensor], W=weights, X=X, Y=Y) -> torch.Tensor:
@@ -158,6 +163,33 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
                                        project=project_flat if config.norm_bound is not None else None)
         best = unflat(theta, best)
     return {name: t.detach() for name, t in best.items()}
+
+
+def _finish(instances, groups, method: Method, config: SearchConfig, device: torch.device,
+            best: dict[tuple[int, int], Attempt], pending: set) -> None:
+    """Near misses (replayed max error within FINISH_BAND of the tolerance) get a long
+    Levenberg-Marquardt pass from their best point: ill-conditioned solutions converge slowly."""
+    near = sorted(key for key in pending if best[key].max_abs_error <= config.tolerance * FINISH_BAND)
+    if not near or not config.polish_steps:
+        return
+    finish = replace(config, steps=0, polish_steps=config.polish_steps * FINISH_FACTOR)
+    for group in groups:
+        for size in config.sizes:
+            part = [i for i, s in near if s == size and i in group.indices]
+            if not part:
+                continue
+            weights, X, Y = stacked(instances, part, device)
+            start = {name: torch.as_tensor(np.stack([best[(i, size)].adapter[name] for i in part]))
+                     for name in best[(part[0], size)].adapter}
+            found = _optimize_chunk(method, group.spec, weights, X, Y, size, 0, finish, device, None, start)
+            arrays = {name: t.cpu().numpy() for name, t in found.items()}
+            losses, errors = replay_batch(method, instances, part, arrays)
+            for b, i in enumerate(part):
+                if losses[b] < best[(i, size)].best_loss:
+                    best[(i, size)] = replace(best[(i, size)], best_loss=float(losses[b]),
+                                              max_abs_error=float(errors[b]),
+                                              solved=bool(errors[b] <= config.tolerance),
+                                              adapter={n: a[b].copy() for n, a in arrays.items()})
 
 
 def search(instances: Sequence[Instance], config: SearchConfig, *, progress: bool = True) -> list[Attempt]:
@@ -209,6 +241,7 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                                 best[key] = Attempt(inst_index, config.method, size, n_params, loss, err,
                                                     err <= config.tolerance, adapter, dict(config.options))
             pending = {key for key in pending if not best[key].solved}
+        _finish(instances, groups, method, config, device, best, pending)
     finally:
         bar.close()
     return [best[(i, s)] for i in range(len(instances)) for s in config.sizes if (i, s) in best]
