@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for cid in ids:
         claim = get_claim(cid)
         methods = []
-        for run in claim.falsifiers + claim.contrasts:
+        for run in claim.falsifiers + claim.contrasts + claim.comparisons:
             if run.method not in methods:
                 methods.append(run.method)
         for method in methods:

@@ -145,3 +145,19 @@ def planted_lora_instance(rng: np.random.Generator, d: int, rank: int = 1, lora_
     return make_instance(spec, weights, list(zip(X, Y)),
                          meta={"family": "planted-lora", "planted": {"method": "lora", "rank": rank,
                                                                      "targets": lora_targets}})
+
+
+def l2_instance(rng: np.random.Generator, d: int, positions: int, *, attention: str = "encoder",
+                kappa: float = 0.5) -> Instance:
+    """`positions` examples [x_j, x'_j] whose last-token targets need c_j = a_j + e_j, e_j random:
+    {a_j, c_j} generically independent (needs 2 * positions <= d), for claim L2."""
+    if positions < 2 or 2 * positions > d:
+        raise InputError("positions", positions, f"an integer N with 2 <= N and 2N <= d = {d}")
+    spec = simple_spec(d, attention=attention)  # type: ignore[arg-type]
+    weights = model_weights(rng, spec, kappa=kappa)
+    data = []
+    for _ in range(positions):
+        X = rng.normal(size=(2, d))
+        c = _last_token_attention(weights, X) + rng.normal(size=d)
+        data.append((X, _mlp(weights, X[-1] + c)[None, :]))
+    return make_instance(spec, weights, data, meta={"family": "l2", "N": positions})

@@ -267,13 +267,22 @@ def _farkas(mult: Any, rows: list, V: list, key: list, delta: Fraction, shared: 
     return None
 
 
+def _kappa(m: dict) -> Fraction:
+    """|| |W2| |W1| ||_inf: the residual MLP branch's max-norm Lipschitz bound."""
+    w1_row_sums = [sum((abs(x) for x in row), Fraction(0)) for row in m["W1"]]
+    return max(sum((abs(w) * r for w, r in zip(row, w1_row_sums)), Fraction(0)) for row in m["W2"])
+
+
 def check_certificate(cert: Any) -> CheckResult:
     """Re-verify a certificate. Raises MalformedCertificate when it is not one."""
     if not isinstance(cert, dict) or cert.get("format") != CERT_FORMAT:
         raise MalformedCertificate(f"format: expected {CERT_FORMAT!r}")
     claim = _get(cert, "claim", "certificate")
+    if claim == "L2":
+        from .check_l2 import check_l2
+        return check_l2(cert)
     if claim not in ("L1", "L1+"):
-        raise MalformedCertificate(f"claim: expected 'L1' or 'L1+', got {claim!r}")
+        raise MalformedCertificate(f"claim: expected 'L1', 'L1+' or 'L2', got {claim!r}")
     shared = claim == "L1+"
     m = _model(_get(cert, "instance", "certificate"))
     if "error" in m:
@@ -360,10 +369,7 @@ def check_certificate(cert: Any) -> CheckResult:
                 hi is None or lo is None or hi != lo for (_, hi), (lo, _) in zip(bounds, bounds[1:])):
             return CheckResult(False, "the pieces do not cover the whole z line")
     # margin at the layer output
-    kappa = Fraction(0)
-    w1_row_sums = [sum((abs(x) for x in row), Fraction(0)) for row in m["W1"]]
-    for row in m["W2"]:
-        kappa = max(kappa, sum((abs(w) * r for w, r in zip(row, w1_row_sums)), Fraction(0)))
+    kappa = _kappa(m)
     if kappa >= 1:
         return CheckResult(False, "the MLP branch bound kappa is not below 1")
     margin = (1 - kappa) * delta - residual

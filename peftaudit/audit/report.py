@@ -64,6 +64,7 @@ def claim_json(o: ClaimOutcome) -> dict:
         "search": {label: _attempt_rows(att) for label, att in o.searches.items()},
         "contrasts": {label: {"solved": sum(a.solved for a in att), "total": len(att), "results": _attempt_rows(att)}
                       for label, att in o.contrasts.items()},
+        "comparisons": {label: _attempt_rows(att) for label, att in o.comparisons.items()},
         "counterexamples": [], "violations": o.violations, "errors": o.errors,
     }
 
@@ -88,6 +89,7 @@ def figures(report: dict) -> dict[str, bytes]:
         for ax, c in zip(axes[0], claims):
             series = dict(c["search"])
             series.update({label: v["results"] for label, v in c["contrasts"].items()})
+            series.update(c.get("comparisons", {}))
             for label, rows in series.items():
                 by_params: dict[int, list[float]] = {}
                 for r in rows:
@@ -148,7 +150,7 @@ def markdown(report: dict) -> str:
     for c in report["claims"]:
         lines += ["", f"## {c['id']}: {c['title']}", "", f"*Verdict:* **{c['verdict']}** — {c['reason']}", "",
                   f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
-        rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}}
+        rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}, **c.get("comparisons", {})}
         dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:
             lines += ["| method | size | d | params | median best loss | solved |", "|---|---|---|---|---|---|"]

@@ -36,6 +36,7 @@ class ClaimOutcome:
     certificates: dict[int, dict] = field(default_factory=dict)   # instance -> summary (+ "certificate")
     searches: dict[str, list[Attempt]] = field(default_factory=dict)
     contrasts: dict[str, list[Attempt]] = field(default_factory=dict)
+    comparisons: dict[str, list[Attempt]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     verdict: str = "ERROR"
     reason: str = ""
@@ -148,6 +149,8 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
         keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
         outcome.searches = _run_searches(keep(claim.falsifiers), outcome.instances, active, profile, base, progress)
         outcome.contrasts = _run_searches(keep(claim.contrasts), outcome.instances, active, profile, base, progress)
+        outcome.comparisons = _run_searches(keep(claim.comparisons), outcome.instances, active, profile, base,
+                                            progress)
     except KeyboardInterrupt:
         raise
     except Exception:

@@ -41,6 +41,7 @@ class Claim:
     hypotheses: Callable[[Instance], str | None]        # None when they hold, else why (vacuous)
     falsifiers: tuple[MethodRun, ...]
     contrasts: tuple[MethodRun, ...] = ()               # methods that must succeed on the same instances
+    comparisons: tuple[MethodRun, ...] = ()             # reported for context, no expectation
     certify: Callable[[Instance, float], object] | None = None  # -> verify.l1.CertifyResult-like
     refuted_by: str = "a replayed adapter from a falsifier"
 
@@ -66,7 +67,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import l1  # noqa: F401  (built-in claims)
+    from . import l1, l2  # noqa: F401  (built-in claims)
     from importlib.metadata import entry_points
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()

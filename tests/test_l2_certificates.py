@@ -1,0 +1,84 @@
+"""L2 certificates (robust prompt-length lower bound): completeness, tampering, soundness by planting."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peftaudit.models.transformer import forward, to_torch
+from peftaudit.search.engine import SearchConfig, search
+from peftaudit.strategies.hyp import rngs
+from peftaudit.strategies.instances import l2_instance, planted_prompt_instance
+from peftaudit.verify.check import check_certificate
+from peftaudit.verify.l2 import certify_l2
+
+
+def _max_error(inst, prompt):
+    X = torch.as_tensor(inst.inputs())[None]
+    out = forward(inst.spec, to_torch(inst.weights), X, prompt=torch.as_tensor(prompt)[None])[0].numpy()
+    return np.abs(out[:, out.shape[1] - inst.n_targets:, :] - inst.targets()).max()
+
+
+@st.composite
+def l2_instances(draw):
+    d = draw(st.integers(4, 8))
+    return l2_instance(draw(rngs()), d, draw(st.integers(2, d // 2)),
+                       attention=draw(st.sampled_from(["encoder", "causal"])))
+
+
+@given(l2_instances(), rngs())
+def test_l2_family_is_certified_and_no_short_prompt_beats_the_margin(inst, rng):
+    result = certify_l2(inst)
+    assert result.status == "certified", result.reason
+    assert check_certificate(json.loads(json.dumps(result.certificate))).valid
+    N = result.certificate["info"]["N"]
+    for length in range(1, N):
+        for scale in (0.1, 1.0, 30.0):
+            for prompt in rng.normal(size=(8, length, inst.spec.d)) * scale:
+                assert _max_error(inst, prompt) >= float(result.margin)
+
+
+@settings(max_examples=3)
+@given(l2_instances())
+def test_search_with_short_prompts_never_beats_an_l2_margin(inst):
+    result = certify_l2(inst)
+    N = result.certificate["info"]["N"]
+    attempts = search([inst], SearchConfig(sizes=tuple(range(1, N)), restarts=2, steps=100, polish_steps=10,
+                                           rounds=1), progress=False)
+    assert all(a.max_abs_error >= float(result.margin) for a in attempts)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_planted_short_prompts_are_never_l2_certified(chunk):
+    """Targets made by a prompt of length K: no certificate may claim that prompts shorter than N > K fail."""
+    for seed in range(chunk * 25, chunk * 25 + 25):
+        rng = np.random.default_rng(seed)
+        d = int(rng.integers(4, 9))
+        inst = planted_prompt_instance(rng, d, int(rng.integers(1, d // 2)), targets="all", l1_shape=False,
+                                       tokens=int(rng.integers(1, 3)), examples=int(rng.integers(2, 4)),
+                                       attention="causal" if seed % 2 else "encoder")
+        result = certify_l2(inst)
+        assert result.status != "certified" or result.certificate["info"]["N"] <= inst.meta["planted"]["length"]
+
+
+@pytest.mark.parametrize("field", ["mu", "s", "r", "t", "delta", "margin", "c", "a_lo", "a_hi", "X"])
+def test_tampering_with_an_l2_certificate_invalidates_it(field):
+    cert = copy.deepcopy(certify_l2(l2_instance(np.random.default_rng(0), 6, 3)).certificate)
+    from fractions import Fraction
+
+    def bump(value, up=True):
+        x = Fraction(value) + (1 if up else -1)
+        return f"{x.numerator}/{x.denominator}" if isinstance(value, str) else float(x)
+    if field in ("mu", "s", "delta", "margin", "t"):
+        cert[field] = bump(cert[field]) if field != "t" else bump(cert[field])
+    elif field == "r":
+        cert["r"] = "0/1"
+    elif field == "X":
+        cert["instance"]["dataset"][1]["X"][0][0] += 1.0
+    else:
+        cert["data"][1][field][0] = bump(cert["data"][1][field][0], up=(field != "a_hi"))
+    assert not check_certificate(cert).valid

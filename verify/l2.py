@@ -1,0 +1,119 @@
+"""Encoder for claim L2 (robust prompt-length lower bound); the system is documented in
+verify/check_l2.py, which re-verifies every certificate independently."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from peftaudit.instance import Instance, to_dict
+
+from .check import CERT_FORMAT, check_certificate
+from .l1 import CertifyResult, DEFAULT_TOLERANCE
+from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
+from .rational import frac_str, matmul, matvec, qmat, qvec, transpose
+from .softmax_bounds import softmax_enclosure
+
+
+def _positions(inst: Instance) -> list[tuple[int, int]]:
+    n, k = inst.n_tokens, inst.n_targets
+    return [(e, p) for e in range(len(inst.dataset)) for p in range(n - k, n)]
+
+
+def hypotheses(inst: Instance) -> str | None:
+    spec = inst.spec
+    if not spec.single_head_single_layer or spec.layernorm:
+        return "L2 is about a single layer with a single head and no layer norm"
+    if spec.mlp != "residual" or branch_lipschitz(MLPWeights.of_layer(spec.mlp, inst.weights)) >= 1:
+        return "the margin needs a residual MLP with branch bound kappa < 1"
+    if min(len(_positions(inst)), spec.d // 2) < 2:
+        return "L2 needs at least two target positions and d >= 4 (2N <= d)"
+    return None
+
+
+def _lower_sqrt(x: Fraction) -> Fraction:
+    s = Fraction(math.sqrt(float(x)) * (1 - 1e-12)) if x > 0 else Fraction(0)
+    while s * s > x:
+        s *= Fraction(999_999, 1_000_000)
+    return s
+
+
+def _upper_sqrt(x: Fraction) -> Fraction:
+    r = Fraction(math.sqrt(float(x)) * (1 + 1e-12)) if x > 0 else Fraction(0)
+    while r * r < x:
+        r = r * Fraction(1_000_001, 1_000_000) + Fraction(1, 1 << 200)
+    return r
+
+
+def _positive_definite(G: list) -> bool:
+    A = [row[:] for row in G]
+    for k in range(len(A)):
+        if A[k][k] <= 0:
+            return False
+        for i in range(k + 1, len(A)):
+            f = A[i][k] / A[k][k]
+            A[i] = [a - f * b for a, b in zip(A[i], A[k])]
+    return True
+
+
+def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyResult:
+    """Certify that every prompt shorter than N keeps a layer-output error above a margin."""
+    why = hypotheses(inst)
+    if why is not None:
+        return CertifyResult("L2", "not-applicable", why)
+    w, spec = inst.weights, inst.spec
+    p_ = "layers.0.heads.0."
+    Wv = qmat(w[p_ + "Wv"])
+    V = matmul(qmat(w[p_ + "Wo"]), Wv) if p_ + "Wo" in w else Wv
+    Wq, Wk = qmat(w[p_ + "Wq"]), qmat(w[p_ + "Wk"])
+    mlp = MLPWeights.of_layer(spec.mlp, w)
+    E = qmat(w["positional"]) if spec.positions else None
+    positions = _positions(inst)[: spec.d // 2]
+    N, d = len(positions), spec.d
+    data, residual = [], Fraction(0)
+    for e, p in positions:
+        X = qmat(inst.dataset[e].X)
+        if E is not None:
+            X = [[a + b for a, b in zip(x, pe)] for x, pe in zip(X, E)]
+        visible = X if spec.attention == "encoder" else X[: p + 1]
+        key = matvec(transpose(Wk), matvec(Wq, X[p]))
+        s_lo, s_hi = softmax_enclosure([sum((a * b for a, b in zip(x, key)), Fraction(0)) for x in visible])
+        vals = [matvec(V, x) for x in visible]
+        a_lo = [sum((min(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+        a_hi = [sum((max(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+        y = inst.dataset[e].Y[p - (inst.n_tokens - inst.n_targets)]
+        c = qvec(invert(mlp, y) - np.array([float(v) for v in X[p]]))
+        out = evaluate_exact(mlp, [a + b for a, b in zip(X[p], c)])
+        residual = max(residual, max(abs(o - t) for o, t in zip(out, qvec(y))))
+        data.append({"c": c, "a_lo": a_lo, "a_hi": a_hi})
+    cols = [row["c"] for row in data] + [[(l + h) / 2 for l, h in zip(row["a_lo"], row["a_hi"])] for row in data]
+    width2 = sum((((h - l) / 2) ** 2 for row in data for l, h in zip(row["a_lo"], row["a_hi"])), Fraction(0))
+    G = [[sum((a * b for a, b in zip(ci, cj)), Fraction(0)) for cj in cols] for ci in cols]
+    lam_min = float(np.linalg.eigvalsh(np.array([[float(g) for g in row] for row in G])).min())
+    mu = Fraction(lam_min * (1 - 1e-6)) if lam_min > 0 else Fraction(0)
+    for _ in range(40):
+        if mu > 0 and _positive_definite([[g - (mu if i == j else 0) for j, g in enumerate(r)] for i, r in enumerate(G)]):
+            break
+        mu /= 2
+    else:
+        mu = Fraction(0)
+    s, r = _lower_sqrt(mu), _upper_sqrt(width2)
+    t = _lower_sqrt(Fraction(1, N * d))
+    delta = (s - r) * t
+    margin = (1 - branch_lipschitz(mlp)) * delta - residual
+    if mu <= 0 or delta <= 0 or float(margin) <= tolerance:
+        return CertifyResult("L2", "not-certified", f"sigma_min([c, a]) gives no margin above {tolerance:g} "
+                             f"(lower bound {float(s - r):.3g}, N={N})", best_error=float(max(delta, 0)))
+    enc = lambda v: frac_str(v) if isinstance(v, Fraction) else [enc(x) for x in v]  # noqa: E731
+    cert = {"format": CERT_FORMAT, "claim": "L2", "instance": to_dict(inst), "positions": [list(p) for p in positions],
+            "data": [{k: enc(v) for k, v in row.items()} for row in data],
+            "mu": enc(mu), "s": enc(s), "r": enc(r), "t": enc(t), "delta": enc(delta), "margin": enc(margin),
+            "info": {"N": N, "prompt_params_needed": N * d}}
+    verdict = check_certificate(cert)
+    if not verdict.valid:
+        return CertifyResult("L2", "unknown", f"exact check failed: {verdict.reason}")
+    return CertifyResult("L2", "certified", f"every prompt shorter than {N} tokens ({N * d} parameters) keeps a "
+                         f"layer-output error >= {float(margin):.6g}; checked", margin=margin, delta=delta,
+                         certificate=cert)
