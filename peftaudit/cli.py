@@ -59,7 +59,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit.verify.l1 import certify
 
     inst = instance_io.load(args.instance)
-    result = certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
+    if args.claim == "L2":
+        from peftaudit.verify.l2 import certify_l2
+        result = certify_l2(inst, tolerance=args.tolerance)
+    else:
+        result = certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
     if args.out and result.certificate is not None:
         instance_io.atomic_write_bytes(Path(args.out), (json.dumps(result.certificate) + "\n").encode())
     if args.json:
@@ -115,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("certify", help="certify that no prompt of any length memorizes an instance (L1, L1+)")
+    p = sub.add_parser("certify", help="certify an impossibility claim on an instance (L1, L1+, L2)")
     p.add_argument("instance", help="instance file (.json, .npz, .safetensors)")
-    p.add_argument("--claim", choices=["L1", "L1+"], default="L1")
+    p.add_argument("--claim", choices=["L1", "L1+", "L2"], default="L1")
     p.add_argument("--tolerance", type=_nonneg_float, default=1e-9,
                    help="certified means margin > TOLERANCE at the layer output (default 1e-9)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -82,3 +82,13 @@ def test_tampering_with_an_l2_certificate_invalidates_it(field):
     else:
         cert["data"][1][field][0] = bump(cert["data"][1][field][0], up=(field != "a_hi"))
     assert not check_certificate(cert).valid
+
+
+def test_certify_cli_handles_l2(tmp_path, capsys):
+    from peftaudit.cli import main
+    from peftaudit.instance import save
+    path = tmp_path / "l2.json"
+    save(l2_instance(np.random.default_rng(1), 4, 2), path)
+    assert main(["certify", str(path), "--claim", "L2", "--json", "--out", str(tmp_path / "c.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "certified"
+    assert main(["check-certificate", str(tmp_path / "c.json")]) == 0
