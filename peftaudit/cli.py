@@ -324,11 +324,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"peftaudit audit: internal error: {exc}", file=sys.stderr)
         return 3
     print(f"peftaudit audit ({args.profile}, seed {args.seed}) in {time.perf_counter() - started:.0f} s")
-    print(f"{'claim':<8} {'verdict':<10} reason")
+    width = max([5] + [len(c["id"]) for c in result.report["claims"]])
+    print(f"{'claim':<{width}} {'verdict':<10} reason")
     for c in result.report["claims"]:
-        print(f"{c['id']:<8} {c['verdict']:<10} {c['reason'][:110]}")
+        note = ""
+        if c.get("expect"):
+            met = "as expected" if c["verdict"] == c["expect"] else f"expected {c['expect']}"
+            note = f"[{met}; drops {c['dropped']}] " if c.get("dropped") else f"[{met}] "
+        print(f"{c['id']:<{width}} {c['verdict']:<10} {note}{c['reason'][:110]}")
         for ce in c["counterexamples"][:3]:
-            print(f"         replay: {ce['replay']}")
+            print(f"{'':<{width}} replay: {ce['replay']}")
     for name, cal in result.report["calibration"].items():
         print(f"calibration {name}: recall {cal['recall']:.1%} ({cal['solved']}/{cal['total']})")
     print(f"report: {result.out_dir}/report.md (also report.json, report.html)")

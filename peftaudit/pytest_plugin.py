@@ -21,7 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class AuditFailure(Exception):
-    """A claim came out REFUTED or ERROR."""
+    """A claim came out ERROR, or REFUTED when it was not registered to be."""
 
 
 class AuditItem(pytest.Item):
@@ -32,9 +32,10 @@ class AuditItem(pytest.Item):
 
     def runtest(self) -> None:
         from peftaudit.audit import run_audit
+        from peftaudit.claims import get_claim
 
         cfg = self.config
-        result = run_audit([self.claim_id], profile=cfg.getoption("peftaudit_profile"),
+        result = run_audit([get_claim(self.claim_id)], profile=cfg.getoption("peftaudit_profile"),
                            seed=cfg.getoption("peftaudit_seed"), methods=[self.method], calibration=False,
                            progress=False, quiet=True)
         claim = result.report["claims"][0]
@@ -42,7 +43,10 @@ class AuditItem(pytest.Item):
         self.user_properties.append(("reason", claim["reason"]))
         for label, contrast in claim["contrasts"].items():
             self.user_properties.append((f"contrast {label}", f"{contrast['solved']}/{contrast['total']}"))
-        if claim["verdict"] in ("REFUTED", "ERROR"):
+        expected = claim.get("expect") == "REFUTED" and claim["verdict"] == "REFUTED"
+        if expected:
+            self.user_properties.append(("expected", "refuted, as registered (an ablation or naive form)"))
+        if claim["verdict"] == "ERROR" or (claim["verdict"] == "REFUTED" and not expected):
             outcome = result.outcomes[0]
             replays = []
             for attempts in outcome.searches.values():
@@ -66,12 +70,12 @@ class AuditItem(pytest.Item):
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     if not config.getoption("peftaudit"):
         return
-    from peftaudit.claims import claim_ids, get_claim
+    from peftaudit.claims import claim_ids, expand_claims
 
     wanted = config.getoption("peftaudit_claims")
     ids = [c.strip() for c in wanted.split(",") if c.strip()] if wanted else claim_ids()
-    for cid in ids:
-        claim = get_claim(cid)
+    for claim in expand_claims(ids):
+        cid = claim.id
         methods = []
         for run in claim.falsifiers + claim.contrasts + claim.comparisons:
             if run.method not in methods:

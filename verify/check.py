@@ -281,8 +281,11 @@ def check_certificate(cert: Any) -> CheckResult:
     if claim == "L2":
         from .check_l2 import check_l2
         return check_l2(cert)
+    if claim == "M":
+        from .check_m import check_m
+        return check_m(cert)
     if claim not in ("L1", "L1+"):
-        raise MalformedCertificate(f"claim: expected 'L1', 'L1+' or 'L2', got {claim!r}")
+        raise MalformedCertificate(f"claim: expected 'L1', 'L1+', 'L2' or 'M', got {claim!r}")
     shared = claim == "L1+"
     m = _model(_get(cert, "instance", "certificate"))
     if "error" in m:

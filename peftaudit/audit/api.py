@@ -28,7 +28,8 @@ class AuditResult:
 
     @property
     def refuted(self) -> bool:
-        return any(v == "REFUTED" for v in self.verdicts.values())
+        """A claim was refuted that was not registered to be (ablations and naive forms are)."""
+        return any(c["verdict"] == "REFUTED" and c.get("expect") != "REFUTED" for c in self.report["claims"])
 
 
 def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
@@ -36,10 +37,14 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
               out: str | Path | None = None, calibration: bool = True, progress: bool = True,
               quiet: bool = False, argv: Sequence[str] = ()) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report."""
-    from peftaudit.claims import claim_ids
+    from peftaudit.claims import claim_ids, expand_claims
 
     prof = get_profile(profile)
-    resolved = [c if isinstance(c, Claim) else get_claim(c) for c in (claims or claim_ids())]
+    resolved: list[Claim] = []
+    for c in (claims or claim_ids()):
+        for r in ([c] if isinstance(c, Claim) else expand_claims([c])):
+            if r not in resolved:
+                resolved.append(r)
     if jobs < 1:
         raise InputError("jobs", jobs, "a positive number of processes")
     if methods is not None:

@@ -56,7 +56,7 @@ def claim_json(o: ClaimOutcome) -> dict:
              for i, s in sorted(o.certificates.items())]
     return {
         "id": c.id, "title": c.title, "source": c.source, "formalization": c.formalization, "kind": c.kind,
-        "verdict": o.verdict, "reason": o.reason,
+        "verdict": o.verdict, "reason": o.reason, "group": c.group, "expect": c.expect, "dropped": c.dropped,
         "instances": len(o.instances), "vacuous": len(o.vacuous),
         "vacuous_reasons": {str(i): why for i, why in sorted(o.vacuous.items())},
         "instance_shapes": [{"d": inst.spec.d, "family": inst.meta.get("family")} for inst in o.instances],
@@ -85,8 +85,12 @@ def figures(report: dict) -> dict[str, bytes]:
     out = {}
     claims = [c for c in report["claims"] if c["search"] or c["contrasts"]]
     if claims:
-        fig, axes = plt.subplots(1, len(claims), figsize=(5 * len(claims), 3.6), squeeze=False)
-        for ax, c in zip(axes[0], claims):
+        ncols = min(3, len(claims))
+        nrows = -(-len(claims) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+        for ax in axes.flat[len(claims):]:
+            ax.set_visible(False)
+        for ax, c in zip(axes.flat, claims):
             series = dict(c["search"])
             series.update({label: v["results"] for label, v in c["contrasts"].items()})
             series.update(c.get("comparisons", {}))
@@ -100,7 +104,7 @@ def figures(report: dict) -> dict[str, bytes]:
             ax.set_yscale("log")
             ax.set_xlabel("trainable parameters")
             ax.set_ylabel("median best replayed loss")
-            ax.set_title(f"{c['id']}: prompt tuning vs LoRA / full")
+            ax.set_title(f"{c['id']}: loss against parameters", fontsize=9)
             ax.legend(fontsize=7)
         out["loss_vs_params.png"] = _figure_png(fig)
         plt.close(fig)
@@ -147,9 +151,23 @@ def markdown(report: dict) -> str:
     if cal:
         lines += ["", "Calibration (search recall on planted instances at the planted size): " +
                   ", ".join(f"{k} {v['recall']:.1%} ({v['solved']}/{v['total']})" for k, v in cal.items()) + "."]
+    ablations = [c for c in report["claims"] if c.get("dropped")]
+    if ablations:
+        lines += ["", "Load-bearing conditions: each statement below drops one condition of its parent claim and is "
+                  "registered to be refuted; a refutation (a replayed counterexample) shows the condition is needed.",
+                  "", "| statement | parent | condition dropped | verdict | expected | counterexamples |",
+                  "|---|---|---|---|---|---|"]
+        for c in ablations:
+            lines.append(f"| {c['id']} | {c['group']} | {c['dropped']} | **{c['verdict']}** | {c['expect']} | "
+                         f"{len(c['counterexamples'])} |")
     for c in report["claims"]:
-        lines += ["", f"## {c['id']}: {c['title']}", "", f"*Verdict:* **{c['verdict']}** — {c['reason']}", "",
-                  f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
+        lines += ["", f"## {c['id']}: {c['title']}", "", f"*Verdict:* **{c['verdict']}** — {c['reason']}", ""]
+        if c.get("expect"):
+            lines += [f"*Registered to be {c['expect'].lower()}*" + (f" (drops {c['dropped']})" if c.get("dropped")
+                                                                      else "") + ": "
+                      + ("the outcome matches." if c["verdict"] == c["expect"] else
+                         "the outcome does not match; a search miss proves nothing, see calibration."), ""]
+        lines += [f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
         rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}, **c.get("comparisons", {})}
         dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:

@@ -70,7 +70,8 @@ def _run_searches(runs: Sequence[MethodRun], instances: list[Instance], indices:
     subset = [instances[i] for i in indices]
     for run in runs:
         sizes = run.sizes or profile.lengths
-        config = replace(base, method=run.method, options=dict(run.options), sizes=tuple(sizes))
+        config = replace(base, method=run.method, options=dict(run.options), sizes=tuple(sizes),
+                         norm_bound=run.norm_bound)
         attempts = search(subset, config, progress=progress) if subset else []
         out[run.label] = [replace(a, instance=indices[a.instance]) for a in attempts]
     return out

@@ -14,15 +14,18 @@ ENTRY_POINT_GROUP = "peftaudit.claims"
 
 @dataclass(frozen=True)
 class MethodRun:
-    """A method to search with: name, options, and sizes (None: the profile's prompt lengths)."""
+    """A method to search with: name, options, sizes (None: the profile's prompt lengths), and an
+    optional projected bound on prompt/prefix token norms (None: unbounded)."""
     method: str
     options: dict = field(default_factory=dict)
     sizes: tuple[int, ...] | None = None
+    norm_bound: float | None = None
 
     @property
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return self.method + (f"[{opts}]" if opts else "") + (f"@{','.join(map(str, self.sizes))}" if self.sizes else "")
+        return (self.method + (f"[{opts}]" if opts else "") + (f"@{','.join(map(str, self.sizes))}" if self.sizes else "")
+                + (f" |p|<={self.norm_bound:g}" if self.norm_bound is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Claim:
     comparisons: tuple[MethodRun, ...] = ()             # reported for context, no expectation
     certify: Callable[[Instance, float], object] | None = None  # -> verify.l1.CertifyResult-like
     refuted_by: str = "a replayed adapter from a falsifier"
+    group: str = ""        # a parent claim id: `--claims M` also runs every claim of group "M"
+    expect: str = ""       # "REFUTED" for statements registered to be refuted (ablations, naive forms)
+    dropped: str = ""      # for ablations: the condition of the parent claim this statement drops
 
 
 _REGISTRY: dict[str, Claim] = {}
@@ -67,7 +73,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import l1, l2  # noqa: F401  (built-in claims)
+    from . import l1, l2, m  # noqa: F401  (built-in claims)
     from importlib.metadata import entry_points
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
@@ -82,6 +88,17 @@ def _load() -> None:
 def claim_ids() -> list[str]:
     _load()
     return list(_REGISTRY)
+
+
+def expand_claims(ids: list[str]) -> list[Claim]:
+    """Claims for ids, each followed by the claims of its group (in registration order), no repeats."""
+    _load()
+    out: list[Claim] = []
+    for cid in ids:
+        for c in [get_claim(cid)] + [c for c in _REGISTRY.values() if c.group == cid]:
+            if c not in out:
+                out.append(c)
+    return out
 
 
 def get_claim(claim_id: str) -> Claim:
