@@ -12,7 +12,8 @@ from peftaudit.errors import InputError, PeftauditError
 
 EXIT_BAD_INPUT = 2
 CERTIFY_EXIT = {"certified": 0, "not-certified": 1, "not-applicable": 3, "unknown": 4}
-GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora")
+GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "m", "m-fold-mlp",
+                  "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder")
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -30,6 +31,13 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def _nonneg_float(text: str) -> float:
@@ -59,9 +67,15 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit.verify.l1 import certify
 
     inst = instance_io.load(args.instance)
+    if args.norm_bound is not None and args.claim != "M":
+        print("peftaudit certify: --norm-bound applies to --claim M only", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.claim == "L2":
         from peftaudit.verify.l2 import certify_l2
         result = certify_l2(inst, tolerance=args.tolerance)
+    elif args.claim == "M":
+        from peftaudit.verify.m import certify_m
+        result = certify_m(inst, tolerance=args.tolerance, bound=args.norm_bound)
     else:
         result = certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
     if args.out and result.certificate is not None:
@@ -106,6 +120,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         inst = builders.l1_instance(rng, args.d, variant)
     elif args.kind == "planted-prompt":
         inst = builders.planted_prompt_instance(rng, args.d, args.length)
+    elif args.kind == "l2":
+        inst = builders.l2_instance(rng, args.d, 2)
+    elif args.kind.startswith("m"):
+        from peftaudit.strategies import m_instances as m_builders
+        inst = {"m": lambda: m_builders.m_invertible_instance(rng, args.d, layers=args.layers),
+                "m-fold-mlp": lambda: m_builders.m_fold_mlp_instance(rng, args.d),
+                "m-fold-attention": lambda: m_builders.m_fold_attention_instance(rng, args.d),
+                "m-fold-attention-strong": lambda: m_builders.m_fold_attention_instance(rng, args.d, strong=True),
+                "m-naive-encoder": lambda: m_builders.m_naive_encoder_instance(rng, args.d)}[args.kind]()
     else:
         inst = builders.planted_lora_instance(rng, args.d, args.length)
     instance_io.save(inst, args.out)
@@ -119,9 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("certify", help="certify an impossibility claim on an instance (L1, L1+, L2)")
+    p = sub.add_parser("certify", help="certify an impossibility claim on an instance (L1, L1+, L2, M)")
     p.add_argument("instance", help="instance file (.json, .npz, .safetensors)")
-    p.add_argument("--claim", choices=["L1", "L1+", "L2"], default="L1")
+    p.add_argument("--claim", choices=["L1", "L1+", "L2", "M"], default="L1")
+    p.add_argument("--norm-bound", type=_positive_float, default=None,
+                   help="M only: the bound B on prompt tokens' 2-norms (default: the instance's "
+                        "meta.prompt_norm_bound)")
     p.add_argument("--tolerance", type=_nonneg_float, default=1e-9,
                    help="certified means margin > TOLERANCE at the layer output (default 1e-9)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -137,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=_positive_int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--length", type=_positive_int, default=1, help="planted prompt length or LoRA rank")
+    p.add_argument("--layers", type=_positive_int, default=1, help="layers (kind m)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_generate)
 

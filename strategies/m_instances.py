@@ -53,8 +53,7 @@ def _layer_weights(rng: np.random.Generator, d: int, li: int, v_norm: float, a_n
                    kappa: float) -> dict[str, np.ndarray]:
     p = f"layers.{li}."
     Wq, Wk = generic_matrix(rng, d, d), generic_matrix(rng, d, d)
-    A = Wk.T @ Wq
-    Wq = Wq * (a_norm / np.linalg.norm(A, 2))  # ||Wk^T Wq||_2 = a_norm
+    Wq = Wq * (a_norm / np.linalg.norm(Wk.T @ Wq, 2))  # ||Wk^T Wq||_2 = a_norm
     out = {p + "heads.0.Wq": Wq, p + "heads.0.Wk": Wk, p + "heads.0.Wv": _scaled(generic_matrix(rng, d, d), v_norm)}
     out.update({p + k: v for k, v in _contractive_mlp(rng, d, 2 * d, kappa).items()})
     return out
@@ -70,14 +69,16 @@ def _build(spec, weights: dict[str, np.ndarray], X: list[np.ndarray], Y: np.ndar
 
 
 def m_invertible_instance(rng: np.random.Generator, d: int, *, layers: int = 1, attention: str = "encoder",
-                          tokens: int = 2, bound: float = 1.0) -> Instance:
-    """Every M condition holds at `bound` by construction; targets are the outputs' midpoint."""
+                          tokens: int = 2, bound: float = 1.0, v_norm: float = 0.2, a_norm: float = 0.1,
+                          kappa: float = 0.3) -> Instance:
+    """With the default norms every M condition holds at `bound` by construction (||V|| = v_norm,
+    ||Wk^T Wq|| = a_norm, ||W2|| ||W1|| = kappa); targets are the outputs' midpoint."""
     if d < 1 or layers < 1 or tokens < 1:
         raise InputError("m instance", (d, layers, tokens), "positive d, layers and tokens")
     spec = simple_spec(d, layers=layers, attention=attention)
     weights: dict[str, np.ndarray] = {}
     for li in range(layers):
-        weights.update(_layer_weights(rng, d, li, v_norm=0.2, a_norm=0.1, kappa=0.3))
+        weights.update(_layer_weights(rng, d, li, v_norm=v_norm, a_norm=a_norm, kappa=kappa))
     X = [_tokens_in_ball(rng, tokens, d, 0.9) for _ in range(2)]
     reference = _tokens_in_ball(rng, 1, d, bound)
     out = model_outputs(spec, weights, np.stack(X), reference)

@@ -244,7 +244,7 @@ def certify_m(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, bound: float
             "lower_lipschitz": float(ch.c), "B": float(B), "pair": [i, j], "joint": encoder and len(bounds) > 1}
     if ch.failed_at is not None or float(margin) <= tolerance:
         where = f"layer {ch.failed_at}" if ch.failed_at is not None else "the margin"
-        return CertifyResult("M", "not-certified", f"the {'joint ' if encoder else ''}lower Lipschitz chain fails "
+        return CertifyResult("M", "not-certified", f"the {'joint ' if encoder and len(bounds) > 1 else ''}lower Lipschitz chain fails "
                              f"at {where} (alpha={[round(float(a), 4) for a in ch.alphas]}, kappa="
                              f"{[round(float(k), 4) for k in ch.kappas]})", best_error=None)
     cert = {"format": CERT_FORMAT, "claim": "M", "instance": to_dict(inst), "pair": [i, j], "B": frac_str(B),
