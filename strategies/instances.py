@@ -161,3 +161,25 @@ def l2_instance(rng: np.random.Generator, d: int, positions: int, *, attention: 
         c = _last_token_attention(weights, X) + rng.normal(size=d)
         data.append((X, _mlp(weights, X[-1] + c)[None, :]))
     return make_instance(spec, weights, data, meta={"family": "l2", "N": positions})
+
+
+def l2_lora_instance(rng: np.random.Generator, d: int, positions: int, *, attention: str = "encoder",
+                     kappa: float = 0.5) -> Instance:
+    """L2's LoRA-generated variant: `positions` examples whose last-token targets come from the model
+    with W_v + alpha beta^T (rank 1), so rank-1 LoRA on W_v memorizes them exactly (2d parameters),
+    while {a_1..a_N, alpha} is generically independent (needs positions + 1 <= d): every memorizing
+    prompt then has length >= N (exactly; there is no robust margin, see README)."""
+    if positions < 2 or positions + 1 > d:
+        raise InputError("positions", positions, f"an integer N with 2 <= N and N + 1 <= d = {d}")
+    spec = simple_spec(d, attention=attention)  # type: ignore[arg-type]
+    weights = model_weights(rng, spec, kappa=kappa)
+    alpha, beta = rng.normal(size=d), rng.normal(size=d) / np.sqrt(d)
+    adapted = dict(weights)
+    adapted["layers.0.heads.0.Wv"] = weights["layers.0.heads.0.Wv"] + np.outer(alpha, beta)
+    data = []
+    for _ in range(positions):
+        X = rng.normal(size=(2, d))
+        data.append((X, model_outputs(spec, adapted, X[None])[0][-1:]))
+    return make_instance(spec, weights, data, meta={
+        "family": "l2-lora", "N": positions,
+        "planted": {"method": "lora", "rank": 1, "targets": "v", "alpha": alpha.tolist(), "beta": beta.tolist()}})

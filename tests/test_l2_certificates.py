@@ -92,3 +92,30 @@ def test_certify_cli_handles_l2(tmp_path, capsys):
     assert main(["certify", str(path), "--claim", "L2", "--json", "--out", str(tmp_path / "c.json")]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "certified"
     assert main(["check-certificate", str(tmp_path / "c.json")]) == 0
+
+
+@pytest.mark.parametrize("d,att", [(3, "encoder"), (5, "causal"), (8, "encoder")])
+def test_lora_variant_is_memorized_by_rank_one_lora_and_never_certified(d, att):
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import replay
+    from peftaudit.strategies.instances import l2_lora_instance
+
+    inst = l2_lora_instance(np.random.default_rng(d), d, 2, attention=att)
+    planted = inst.meta["planted"]
+    name = "layers.0.heads.0.Wv"  # replay the planted update W_v + alpha beta^T as LoRA's B A
+    adapter = {name + ".B": np.array(planted["alpha"]).reshape(d, 1), name + ".A": np.array(planted["beta"])[None]}
+    _, err = replay(get_method("lora", targets="v"), inst, adapter)
+    assert err < 1e-12
+    assert certify_l2(inst).status != "certified"  # rank [c, a] = N + 1: no robust margin
+
+
+def test_l2_report_carries_the_parameter_table():
+    from peftaudit.audit import run_audit
+
+    result = run_audit(["L2-lora"], profile="quick", calibration=False, progress=False, quiet=True)
+    claim = result.report["claims"][0]
+    assert claim["verdict"] == "SURVIVED"  # exact claim without a robust margin: never CERTIFIED
+    rows = claim["parameters"]
+    assert rows and all(r["methods"]["lora [targets=v]"]["solved_params"] == 2 * r["d"] for r in rows)
+    assert all(r["methods"]["prompt"]["solved_params"] is None or r["methods"]["prompt"]["solved_params"] >= 2 * r["d"]
+               for r in rows)

@@ -54,7 +54,7 @@ def claim_json(o: ClaimOutcome) -> dict:
     certs = [{"instance": i, **{k: v for k, v in s.items() if k != "certificate"},
               "certificate_file": f"certificates/{c.id}-{i}.json" if "certificate" in s else None}
              for i, s in sorted(o.certificates.items())]
-    return {
+    out = {
         "id": c.id, "title": c.title, "source": c.source, "formalization": c.formalization, "kind": c.kind,
         "verdict": o.verdict, "reason": o.reason, "group": c.group, "expect": c.expect, "dropped": c.dropped,
         "instances": len(o.instances), "vacuous": len(o.vacuous),
@@ -66,7 +66,40 @@ def claim_json(o: ClaimOutcome) -> dict:
                       for label, att in o.contrasts.items()},
         "comparisons": {label: _attempt_rows(att) for label, att in o.comparisons.items()},
         "counterexamples": [], "violations": o.violations, "errors": o.errors,
+        "parameter_table": c.parameter_table,
     }
+    if c.parameter_table:
+        out["parameters"] = parameter_rows(out)
+    return out
+
+
+def _method_of(label: str) -> str:
+    return label.split("[")[0].split("@")[0].split(" ")[0]
+
+
+def parameter_rows(c: dict) -> list[dict]:
+    """Per instance: the certified prompt-parameter lower bound, and per method the fewest parameters
+    with which search memorized (or the most it tried without success)."""
+    series: dict[str, list[dict]] = {}
+    for label, rows in [*c["search"].items(), *c.get("comparisons", {}).items(),
+                        *((k, v["results"]) for k, v in c["contrasts"].items())]:
+        series.setdefault(_method_of(label) + (" [" + label.split("[")[1].split("]")[0] + "]" if "[" in label else ""),
+                          []).extend(rows)
+    needed = {x["instance"]: (x.get("info") or {}).get("prompt_params_needed") for x in c["certificates"]
+              if x["status"] == "certified"}
+    out = []
+    for i, shape in enumerate(c["instance_shapes"]):
+        row = {"instance": i, "d": shape["d"], "family": shape["family"], "certified_prompt_params": needed.get(i),
+               "methods": {}}
+        for method, rows in series.items():
+            mine = [r for r in rows if r["instance"] == i]
+            if not mine:
+                continue
+            solved = [r["params"] for r in mine if r["solved"]]
+            row["methods"][method] = {"solved_params": min(solved) if solved else None,
+                                      "tried_params": max(r["params"] for r in mine)}
+        out.append(row)
+    return out
 
 
 # ------------------------------------------------------------------ figures
@@ -168,6 +201,24 @@ def markdown(report: dict) -> str:
                       + ("the outcome matches." if c["verdict"] == c["expect"] else
                          "the outcome does not match; a search miss proves nothing, see calibration."), ""]
         lines += [f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
+        if c.get("parameters"):
+            prows = c["parameters"]
+            methods = sorted({m for r in prows for m in r["methods"]})
+            lines += ["Parameters each method needed, per instance (certified lower bound for prompts; for the "
+                      "methods, the fewest trainable parameters with which search memorized, or '> n' when it "
+                      "never did up to n):", "",
+                      "| instance | d | family | prompt params needed (certified) | " + " | ".join(methods) + " |",
+                      "|---|---|---|---|" + "---|" * len(methods)]
+            for r in prows:
+                cells = []
+                for m in methods:
+                    x = r["methods"].get(m)
+                    cells.append("-" if x is None else str(x["solved_params"]) if x["solved_params"] is not None
+                                 else f"> {x['tried_params']}")
+                need = r["certified_prompt_params"]
+                lines.append(f"| {r['instance']} | {r['d']} | {r['family']} | {'>= ' + str(need) if need else '-'} | "
+                             + " | ".join(cells) + " |")
+            lines.append("")
         rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}, **c.get("comparisons", {})}
         dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:

@@ -61,6 +61,7 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
             summary["status"] = "unknown"
             summary["reason"] = f"certificate failed the independent check: {verdict.reason}"
         summary["certificate"] = result.certificate
+        summary["info"] = result.certificate.get("info", {})
     return summary
 
 

@@ -50,6 +50,7 @@ class Claim:
     group: str = ""        # a parent claim id: `--claims M` also runs every claim of group "M"
     expect: str = ""       # "REFUTED" for statements registered to be refuted (ablations, naive forms)
     dropped: str = ""      # for ablations: the condition of the parent claim this statement drops
+    parameter_table: bool = False  # report the parameters each method needed, per instance (L2's table)
 
 
 _REGISTRY: dict[str, Claim] = {}

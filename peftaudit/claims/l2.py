@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from peftaudit.settings import Profile
-from peftaudit.strategies.instances import l2_instance
+from peftaudit.strategies.instances import l2_instance, l2_lora_instance
 
 from .base import Claim, MethodRun, register_claim
 from .l1 import SOURCE
@@ -46,6 +46,49 @@ L2 = register_claim(Claim(
     hypotheses=_hypotheses,
     falsifiers=(MethodRun("prompt", {}, tuple(range(1, POSITIONS))),),
     contrasts=(MethodRun("lora", {"targets": "v"}, (POSITIONS,)), MethodRun("full", {}, (1,))),
-    comparisons=(MethodRun("prompt", {}, (POSITIONS, 2 * POSITIONS)),),
+    comparisons=(MethodRun("prompt", {}, (POSITIONS, 2 * POSITIONS)),
+                 MethodRun("prefix-kv", {}, (1, POSITIONS, 2 * POSITIONS))),
     certify=_certify,
+    parameter_table=True,
+))
+
+
+def _draw_lora(profile: Profile, seed: int):
+    rng = np.random.default_rng([seed, 8])
+    dims = [d for d in (3, 4, 6, 8) if POSITIONS + 1 <= d]
+    return [l2_lora_instance(rng, dims[i % len(dims)], POSITIONS, attention="causal" if i % 2 else "encoder")
+            for i in range(max(2, profile.instances // 2))]
+
+
+def _lora_hypotheses(inst):
+    from peftaudit.verify.mlp import MLPWeights, branch_lipschitz
+    spec = inst.spec
+    if not spec.single_head_single_layer or spec.layernorm:
+        return "L2 is about a single layer with a single head and no layer norm"
+    if spec.mlp != "residual" or branch_lipschitz(MLPWeights.of_layer(spec.mlp, inst.weights)) >= 1:
+        return "the MLP must be injective (residual, kappa < 1)"
+    if len(inst.dataset) < 2 or len(inst.dataset) + 1 > spec.d:
+        return "the LoRA variant needs 2 <= N target positions with N + 1 <= d"
+    return None
+
+
+L2_LORA = register_claim(Claim(
+    id="L2-lora",
+    title="L2's LoRA-generated variant: rank-1 LoRA (2d parameters) memorizes what prompts shorter than N cannot",
+    source=SOURCE,
+    formalization=(
+        "Targets made by W_v + alpha beta^T (rank 1) at N positions with {a_1..a_N, alpha} independent (N + 1 <= d). "
+        "Exactly: w_j = c_j - (1 - lam_j) a_j = lam_j a_j + (beta^T z_j) alpha are independent for lam_j > 0, so "
+        "every memorizing prompt has length >= N (N d parameters), while rank-1 LoRA on W_v needs 2d. There is no "
+        "robust margin (as lam_j -> 0 with prompt norms -> infinity the w_j turn parallel and the error tends to "
+        "0), so nothing is certified and the verdict can only be SURVIVED: search evidence, reported with LoRA's."),
+    kind="cannot",
+    draw=_draw_lora,
+    hypotheses=_lora_hypotheses,
+    falsifiers=(MethodRun("prompt", {}, tuple(range(1, POSITIONS))),),
+    contrasts=(MethodRun("lora", {"targets": "v"}, (1,)), MethodRun("full", {}, (1,))),
+    comparisons=(MethodRun("prompt", {}, (POSITIONS, 2 * POSITIONS)),
+                 MethodRun("prefix-kv", {}, (1, POSITIONS, 2 * POSITIONS))),
+    group="L2",
+    parameter_table=True,
 ))
