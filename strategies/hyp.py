@@ -88,3 +88,27 @@ def contractive_mlps(d: st.SearchStrategy[int] = st.integers(1, 6),
 
 def non_injective_mlps(d: st.SearchStrategy[int] = st.integers(2, 4)) -> st.SearchStrategy[dict]:
     return st.builds(lambda rng, d: non_injective_plain_mlp(rng, d, 2 * d), rngs(), d)
+
+
+def l2_lora_instances(d: st.SearchStrategy[int] = st.integers(3, 8)) -> st.SearchStrategy[Instance]:
+    """L2's LoRA-generated variant (rank-1 LoRA on W_v memorizes; prompts need length >= N)."""
+    return st.builds(lambda rng, d, a: builders.l2_lora_instance(rng, d, 2, attention=a), rngs(), d,
+                     st.sampled_from(["encoder", "causal"]))
+
+
+def m_invertible_instances(d: st.SearchStrategy[int] = st.integers(1, 6),
+                           layers: st.SearchStrategy[int] = st.integers(1, 3)) -> st.SearchStrategy[Instance]:
+    """Claim M's family: every condition holds at the instance's prompt bound by construction."""
+    from . import m_instances
+    return st.builds(lambda rng, d, L, a: m_instances.m_invertible_instance(rng, d, layers=L, attention=a),
+                     rngs(), d, layers, st.sampled_from(["encoder", "causal"]))
+
+
+def m_planted_instances(d: st.SearchStrategy[int] = st.integers(2, 6)) -> st.SearchStrategy[Instance]:
+    """Non-invertible datasets memorized by a planted prompt, each dropping one condition of M."""
+    from . import m_instances
+    makers = [lambda rng, d: m_instances.m_fold_mlp_instance(rng, d),
+              lambda rng, d: m_instances.m_fold_attention_instance(rng, d),
+              lambda rng, d: m_instances.m_fold_attention_instance(rng, d, strong=True),
+              lambda rng, d: m_instances.m_naive_encoder_instance(rng, d)]
+    return st.builds(lambda make, rng, d: make(rng, d), st.sampled_from(makers), rngs(), d)

@@ -14,7 +14,7 @@ from hypothesis import assume, given, strategies as st
 from peftaudit.models.exact import evaluate
 from peftaudit.models.transformer import attention, forward, to_torch
 from peftaudit.search.engine import SearchConfig, search
-from peftaudit.strategies import m_instances as build
+from peftaudit.strategies import hyp, m_instances as build
 from peftaudit.strategies.instances import model_outputs
 from peftaudit.verify.check import MalformedCertificate, check_certificate
 from peftaudit.verify.m import (certify_m, hypotheses, input_radius, layer_bounds, layer_conditions,
@@ -254,3 +254,20 @@ def test_m_group_runs_its_ablations_and_expected_refutations_are_not_failures():
     naive = result.outcomes[1]
     found = [a for att in naive.searches.values() for a in att if a.solved]
     assert found and all(naive.instances[a.instance].meta["family"] == "m-naive-encoder" for a in found)
+
+
+@given(hyp.m_invertible_instances())
+def test_m_certifies_its_family_at_any_depth(inst):
+    result = certify_m(inst)
+    if len(inst.spec.layers) < 3:
+        assert result.status == "certified", result.reason
+    if result.status == "certified":  # three layers may exceed the chain; never a wrong certificate
+        assert check_certificate(result.certificate).valid
+
+
+@given(hyp.m_planted_instances())
+def test_planted_m_instances_are_never_certified_at_their_planted_norm(inst):
+    planted = np.array(inst.meta["planted"]["prompt"])
+    out = model_outputs(inst.spec, inst.weights, inst.inputs(), planted)
+    assert np.abs(out - inst.targets()).max() < 1e-10
+    assert certify_m(inst, bound=inst.meta["planted"]["norm"] * (1 + 1e-9)).status != "certified"

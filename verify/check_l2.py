@@ -14,7 +14,6 @@ output, for every prompt shorter than N. Shares no code with the encoder (verify
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
 
 from .check import CheckResult, MalformedCertificate, _get, _kappa, _mat, _mlp, _model, _mv, _rat, _softmax_box, _vec
 

@@ -10,7 +10,6 @@ The linear system is documented in verify/check.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any

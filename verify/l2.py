@@ -3,7 +3,6 @@ verify/check_l2.py, which re-verifies every certificate independently."""
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
@@ -13,7 +12,7 @@ from peftaudit.instance import Instance, to_dict
 from .check import CERT_FORMAT, check_certificate
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
-from .rational import frac_str, matmul, matvec, qmat, qvec, transpose
+from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
 from .softmax_bounds import softmax_enclosure
 
 
@@ -31,31 +30,6 @@ def hypotheses(inst: Instance) -> str | None:
     if min(len(_positions(inst)), spec.d // 2) < 2:
         return "L2 needs at least two target positions and d >= 4 (2N <= d)"
     return None
-
-
-def _lower_sqrt(x: Fraction) -> Fraction:
-    s = Fraction(math.sqrt(float(x)) * (1 - 1e-12)) if x > 0 else Fraction(0)
-    while s * s > x:
-        s *= Fraction(999_999, 1_000_000)
-    return s
-
-
-def _upper_sqrt(x: Fraction) -> Fraction:
-    r = Fraction(math.sqrt(float(x)) * (1 + 1e-12)) if x > 0 else Fraction(0)
-    while r * r < x:
-        r = r * Fraction(1_000_001, 1_000_000) + Fraction(1, 1 << 200)
-    return r
-
-
-def _positive_definite(G: list) -> bool:
-    A = [row[:] for row in G]
-    for k in range(len(A)):
-        if A[k][k] <= 0:
-            return False
-        for i in range(k + 1, len(A)):
-            f = A[i][k] / A[k][k]
-            A[i] = [a - f * b for a, b in zip(A[i], A[k])]
-    return True
 
 
 def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyResult:
@@ -94,13 +68,13 @@ def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyR
     lam_min = float(np.linalg.eigvalsh(np.array([[float(g) for g in row] for row in G])).min())
     mu = Fraction(lam_min * (1 - 1e-6)) if lam_min > 0 else Fraction(0)
     for _ in range(40):
-        if mu > 0 and _positive_definite([[g - (mu if i == j else 0) for j, g in enumerate(r)] for i, r in enumerate(G)]):
+        if mu > 0 and positive_definite([[g - (mu if i == j else 0) for j, g in enumerate(r)] for i, r in enumerate(G)]):
             break
         mu /= 2
     else:
         mu = Fraction(0)
-    s, r = _lower_sqrt(mu), _upper_sqrt(width2)
-    t = _lower_sqrt(Fraction(1, N * d))
+    s, r = sqrt_bounds(mu)[0], sqrt_bounds(width2)[1]
+    t = sqrt_bounds(Fraction(1, N * d))[0]
     delta = (s - r) * t
     margin = (1 - branch_lipschitz(mlp)) * delta - residual
     if mu <= 0 or delta <= 0 or float(margin) <= tolerance:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping
 
 import numpy as np
 
@@ -18,29 +17,17 @@ from peftaudit.instance import Instance, to_dict
 
 from .check import CERT_FORMAT, check_certificate
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
-from .rational import frac_str, qmat
+from .rational import frac_str, positive_definite, qmat, sqrt_bounds
 
 NORM_BOUND_KEY = "prompt_norm_bound"  # instance meta: the bound B on every prompt token's 2-norm
 
 
 def upper_sqrt(x: Fraction) -> Fraction:
-    """A rational r >= sqrt(x) within a relative 1e-9 (for x >= 0)."""
-    if x <= 0:
-        return Fraction(0)
-    r = Fraction(math.sqrt(float(x)) * (1 + 1e-9))
-    while r * r < x:
-        r *= Fraction(1_000_001, 1_000_000)
-    return r
+    return sqrt_bounds(x)[1]
 
 
 def lower_sqrt(x: Fraction) -> Fraction:
-    """A rational s <= sqrt(x), s > 0 when x > 0."""
-    if x <= 0:
-        return Fraction(0)
-    s = Fraction(math.sqrt(float(x)) * (1 - 1e-9))
-    while s * s > x:
-        s *= Fraction(999_999, 1_000_000)
-    return s
+    return sqrt_bounds(x)[0]
 
 
 def _gram(W: list[list[Fraction]]) -> list[list[Fraction]]:
@@ -49,28 +36,29 @@ def _gram(W: list[list[Fraction]]) -> list[list[Fraction]]:
     return [[sum((a * b for a, b in zip(r1, r2)), Fraction(0)) for r2 in rows] for r1 in rows]
 
 
-def _ldl_positive(G: list[list[Fraction]]) -> bool:
-    A = [row[:] for row in G]
-    for k in range(len(A)):
-        if A[k][k] <= 0:
-            return False
-        for i in range(k + 1, len(A)):
-            f = A[i][k] / A[k][k]
-            A[i] = [a - f * b for a, b in zip(A[i], A[k])]
-    return True
-
-
 def spectral_upper(M: list[list[Fraction]]) -> Fraction:
-    """A rational s >= ||M||_2, proved by s^2 I - Gram(M) positive definite (0 when M = 0)."""
+    """A rational s >= ||M||_2, proved by s^2 I - Gram(M) positive definite (0 when M = 0).
+
+    Starts just above the float estimate; if that fails a few times (or the float underflows),
+    falls back to just above the Frobenius norm, which always succeeds."""
     if not any(x for row in M for x in row):
         return Fraction(0)
     G = _gram(M)
-    s = Fraction(float(np.linalg.norm(np.array([[float(x) for x in r] for r in M]), 2)) * (1 + 1e-9))
-    for _ in range(2000):
-        if _ldl_positive([[(s * s if i == j else 0) - g for j, g in enumerate(row)] for i, row in enumerate(G)]):
-            return s
-        s *= Fraction(1_000_001, 1_000_000)
-    raise ArithmeticError("no spectral bound found")  # not reached: s grows geometrically past ||M||_2
+
+    def proves(s: Fraction) -> bool:
+        return positive_definite([[(s * s if i == j else 0) - g for j, g in enumerate(row)]
+                                  for i, row in enumerate(G)])
+    estimate = float(np.linalg.norm(np.array([[float(x) for x in r] for r in M]), 2))
+    if estimate > 1e-150 and math.isfinite(estimate):
+        s = Fraction(estimate) * (1 + Fraction(1, 10**9))
+        for _ in range(8):
+            if proves(s):
+                return s
+            s *= 1 + Fraction(1, 10**6)
+    s = sqrt_bounds(sum((g for i, row in enumerate(G) for j, g in enumerate(row) if i == j), Fraction(0)))[1]
+    s = s * (1 + Fraction(1, 2**40))
+    assert proves(s)  # s > ||M||_F >= ||M||_2
+    return s
 
 
 def _product(A: np.ndarray, B: np.ndarray) -> list[list[Fraction]]:

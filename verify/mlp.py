@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .rational import Mat, Vec, matvec, q, qmat, qvec
+from .rational import Vec, matvec, qmat, qvec
 
 Z3_TIMEOUT_MS = 20_000
 

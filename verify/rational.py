@@ -84,3 +84,28 @@ def solve_exact(A: Mat, b: Sequence[Fraction]) -> Vec | None:
                 f = M[r][col]
                 M[r] = [a - f * p for a, p in zip(M[r], M[col])]
     return [row[n] for row in M]
+
+
+def sqrt_bounds(x: Fraction, bits: int = 64) -> tuple[Fraction, Fraction]:
+    """Rationals lo <= sqrt(x) <= hi (x >= 0) with relative gap about 2^-bits, by integer square
+    roots: sqrt(p/q) = sqrt(p q 4^k) / (q 2^k). Exact for any size (no float underflow)."""
+    if x < 0:
+        raise ValueError(f"sqrt_bounds: expected x >= 0, got {x}")
+    p, qd = x.numerator, x.denominator
+    k = max(0, (2 * bits - (p * qd).bit_length()) // 2 + 1)
+    n = (p * qd) << (2 * k)
+    r = math.isqrt(n)
+    return Fraction(r, qd << k), Fraction(r + (r * r != n), qd << k)
+
+
+def positive_definite(G: Sequence[Sequence[Fraction]]) -> bool:
+    """Exact LDL^T without pivoting: every pivot > 0 iff the symmetric G is positive definite."""
+    A = [list(row) for row in G]
+    for k in range(len(A)):
+        if A[k][k] <= 0:
+            return False
+        for i in range(k + 1, len(A)):
+            f = A[i][k] / A[k][k]
+            if f:
+                A[i] = [a - f * b for a, b in zip(A[i], A[k])]
+    return True

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from peftaudit.claims import Claim, get_claim
+from peftaudit.claims import Claim
 from peftaudit.errors import InputError
 from peftaudit.search.calibrate import calibrate
 from peftaudit.search.problems import resolve_device
