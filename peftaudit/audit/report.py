@@ -139,6 +139,7 @@ def figures(report: dict) -> dict[str, bytes]:
             ax.set_ylabel("median best replayed loss")
             ax.set_title(f"{c['id']}: loss against parameters", fontsize=9)
             ax.legend(fontsize=7)
+        fig.tight_layout()
         out["loss_vs_params.png"] = _figure_png(fig)
         plt.close(fig)
     margins = [(c["id"], x["margin"]) for c in report["claims"] for x in c["certificates"] if x["margin"]]
