@@ -158,3 +158,11 @@ def test_interrupt_leaves_no_report(tmp_path, monkeypatch, capsys):
     assert main(["audit", "--claims", "L1", "--methods", "prompt", "--out", str(out)]) == 130
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert "no report was written" in capsys.readouterr().err
+
+
+def test_pytest_plugin_passes_a_statement_registered_to_be_refuted(pytester):
+    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "M-drop-mlp", "--junitxml",
+                                           "junit.xml", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="verdict" value="REFUTED"' in junit and 'name="expected"' in junit
