@@ -23,12 +23,11 @@ from scipy.optimize import root
 from peftaudit.errors import InputError
 from peftaudit.instance import Instance, make_instance
 from peftaudit.models.spec import simple_spec
+from peftaudit.verify.m import NORM_BOUND_KEY
 
 from .instances import model_outputs
 from .weights import generic_matrix, orthogonal
 
-NORM_BOUND_KEY = "prompt_norm_bound"
-M_FAMILIES = ("invertible", "fold-mlp", "fold-attention", "fold-attention-strong", "naive-encoder")
 
 
 def _scaled(M: np.ndarray, norm: float) -> np.ndarray:

@@ -37,6 +37,7 @@ from fractions import Fraction
 from typing import Any
 
 from .check import CheckResult, MalformedCertificate, _get, _mat, _rat, _vec
+from .check_l2 import _positive_definite
 
 
 def _mul(A: list[list[Fraction]], B: list[list[Fraction]]) -> list[list[Fraction]]:
@@ -55,16 +56,8 @@ def _norm_is_bounded(M: list[list[Fraction]], s: Fraction) -> bool:
     if not any(x for row in M for x in row):
         return True
     rows = M if len(M) <= len(M[0]) else _transpose(M)
-    G = [[(s * s if i == j else 0) - sum((a * b for a, b in zip(r1, r2)), Fraction(0))
-          for j, r2 in enumerate(rows)] for i, r1 in enumerate(rows)]
-    for k in range(len(G)):
-        if G[k][k] <= 0:
-            return False
-        for i in range(k + 1, len(G)):
-            f = G[i][k] / G[k][k]
-            if f:
-                G[i] = [a - f * b for a, b in zip(G[i], G[k])]
-    return True
+    return _positive_definite([[(s * s if i == j else 0) - sum((a * b for a, b in zip(r1, r2)), Fraction(0))
+                                for j, r2 in enumerate(rows)] for i, r1 in enumerate(rows)])
 
 
 def _sq(v: list[Fraction]) -> Fraction:

@@ -21,13 +21,18 @@ def _positions(inst: Instance) -> list[tuple[int, int]]:
     return [(e, p) for e in range(len(inst.dataset)) for p in range(n - k, n)]
 
 
-def hypotheses(inst: Instance) -> str | None:
+def hypotheses(inst: Instance, lora_variant: bool = False) -> str | None:
+    """L2's hypotheses; lora_variant: targets from a rank-1 LoRA, so N + 1 <= d replaces 2N <= d."""
     spec = inst.spec
     if not spec.single_head_single_layer or spec.layernorm:
         return "L2 is about a single layer with a single head and no layer norm"
     if spec.mlp != "residual" or branch_lipschitz(MLPWeights.of_layer(spec.mlp, inst.weights)) >= 1:
-        return "the margin needs a residual MLP with branch bound kappa < 1"
-    if min(len(_positions(inst)), spec.d // 2) < 2:
+        return ("the MLP must be injective (residual, kappa < 1)" if lora_variant
+                else "the margin needs a residual MLP with branch bound kappa < 1")
+    if lora_variant:
+        if len(inst.dataset) < 2 or len(inst.dataset) + 1 > spec.d:
+            return "the LoRA variant needs 2 <= N target positions with N + 1 <= d"
+    elif min(len(_positions(inst)), spec.d // 2) < 2:
         return "L2 needs at least two target positions and d >= 4 (2N <= d)"
     return None
 

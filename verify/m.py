@@ -17,7 +17,7 @@ from peftaudit.instance import Instance, to_dict
 
 from .check import CERT_FORMAT, check_certificate
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
-from .rational import frac_str, positive_definite, qmat, sqrt_bounds
+from .rational import frac_str, matmul, positive_definite, qmat, sqrt_bounds, transpose
 
 NORM_BOUND_KEY = "prompt_norm_bound"  # instance meta: the bound B on every prompt token's 2-norm
 
@@ -32,8 +32,8 @@ def lower_sqrt(x: Fraction) -> Fraction:
 
 def _gram(W: list[list[Fraction]]) -> list[list[Fraction]]:
     """The smaller of W^T W and W W^T, exactly."""
-    rows = W if len(W) <= len(W[0]) else [list(c) for c in zip(*W)]
-    return [[sum((a * b for a, b in zip(r1, r2)), Fraction(0)) for r2 in rows] for r1 in rows]
+    rows = W if len(W) <= len(W[0]) else transpose(W)
+    return matmul(rows, transpose(rows))
 
 
 def spectral_upper(M: list[list[Fraction]]) -> Fraction:
@@ -61,9 +61,11 @@ def spectral_upper(M: list[list[Fraction]]) -> Fraction:
     return s
 
 
-def _product(A: np.ndarray, B: np.ndarray) -> list[list[Fraction]]:
-    QA, cols = qmat(A), list(zip(*qmat(B)))
-    return [[sum((a * b for a, b in zip(row, col)), Fraction(0)) for col in cols] for row in QA]
+def _head_maps(w, layer: int, head: int) -> tuple[list[list[Fraction]], list[list[Fraction]]]:
+    """Exact (V, A) of one head: V = Wo Wv (or Wv), A = Wk^T Wq (logits are x_j^T A x_i)."""
+    p = f"layers.{layer}.heads.{head}."
+    V = matmul(qmat(w[p + "Wo"]), qmat(w[p + "Wv"])) if p + "Wo" in w else qmat(w[p + "Wv"])
+    return V, matmul(transpose(qmat(w[p + "Wk"])), qmat(w[p + "Wq"]))
 
 
 def _norm_upper(v: np.ndarray) -> Fraction:
@@ -105,9 +107,9 @@ def layer_bounds(inst: Instance) -> list[LayerBounds]:
     for li, layer in enumerate(inst.spec.layers):
         sV, sA = [], []
         for h in range(len(layer.heads)):
-            p = f"layers.{li}.heads.{h}."
-            sV.append(spectral_upper(_product(w[p + "Wo"], w[p + "Wv"]) if p + "Wo" in w else qmat(w[p + "Wv"])))
-            sA.append(spectral_upper(_product(w[p + "Wk"].T, w[p + "Wq"])))
+            V, A = _head_maps(w, li, h)
+            sV.append(spectral_upper(V))
+            sA.append(spectral_upper(A))
         b = f"layers.{li}."
         out.append(LayerBounds(tuple(sV), tuple(sA), spectral_upper(qmat(w[b + "W1"])),
                                spectral_upper(qmat(w[b + "W2"])), _norm_upper(w[b + "b1"]), _norm_upper(w[b + "b2"])))
@@ -194,11 +196,15 @@ def structure_problem(inst: Instance, need_bound: bool = True) -> str | None:
     return None
 
 
+def _per_layer_chain(inst: Instance, bound: float) -> Chain:
+    """The chain without the encoder's prompt-state terms: per-layer alpha and kappa at bound B."""
+    return chain(layer_bounds(inst), input_radius(inst), Fraction(bound), encoder=False)
+
+
 def layer_conditions(inst: Instance, bound: float | None = None) -> dict[str, bool]:
     """The per-layer sufficient conditions at prompt bound B: every MLP a contraction-perturbed
     identity (kappa_l < 1) and every attention Lipschitz bound alpha_l < 1."""
-    B = Fraction(bound if bound is not None else prompt_norm_bound(inst))
-    ch = chain(layer_bounds(inst), input_radius(inst), B, encoder=False)
+    ch = _per_layer_chain(inst, bound if bound is not None else prompt_norm_bound(inst))
     return {"mlp": all(k < 1 for k in ch.kappas), "attention": all(a < 1 for a in ch.alphas)}
 
 
@@ -275,10 +281,9 @@ def uniform_layer_injective(inst: Instance, layer: int) -> bool | None:
     w, d, m = inst.weights, inst.spec.d, inst.n_tokens
     V = [[Fraction(0)] * d for _ in range(d)]
     for h in range(len(inst.spec.layers[layer].heads)):
-        p = f"layers.{layer}.heads.{h}."
-        if any(x for row in _product(w[p + "Wk"].T, w[p + "Wq"]) for x in row):
+        Vh, A = _head_maps(w, layer, h)
+        if any(x for row in A for x in row):
             return None
-        Vh = _product(w[p + "Wo"], w[p + "Wv"]) if p + "Wo" in w else qmat(w[p + "Wv"])
         V = [[a + b for a, b in zip(r1, r2)] for r1, r2 in zip(V, Vh)]
     frob = upper_sqrt(sum((x * x for row in V for x in row), Fraction(0)))
     k_max = max(0, math.ceil(m * (frob - 1))) + 1
@@ -294,7 +299,7 @@ def per_layer_injective(inst: Instance) -> list[str | None]:
     state (MLP: kappa < 1; attention: alpha < 1 at the propagated radius, or the exact zero-logit
     criterion), else why not (or why it is not known)."""
     bound = prompt_norm_bound(inst)
-    ch = chain(layer_bounds(inst), input_radius(inst), Fraction(bound if bound is not None else 1), encoder=False)
+    ch = _per_layer_chain(inst, bound if bound is not None else 1)
     out: list[str | None] = []
     for li, (a, k) in enumerate(zip(ch.alphas, ch.kappas)):
         if k >= 1:

@@ -40,11 +40,7 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     from peftaudit.claims import claim_ids, expand_claims
 
     prof = get_profile(profile)
-    resolved: list[Claim] = []
-    for c in (claims or claim_ids()):
-        for r in ([c] if isinstance(c, Claim) else expand_claims([c])):
-            if r not in resolved:
-                resolved.append(r)
+    resolved = expand_claims(claims or claim_ids())
     if jobs < 1:
         raise InputError("jobs", jobs, "a positive number of processes")
     if methods is not None:

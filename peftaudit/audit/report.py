@@ -73,8 +73,11 @@ def claim_json(o: ClaimOutcome) -> dict:
     return out
 
 
-def _method_of(label: str) -> str:
-    return label.split("[")[0].split("@")[0].split(" ")[0]
+def _method_key(label: str) -> str:
+    """A MethodRun label without its sizes and norm bound: 'lora [targets=v]', 'prompt'."""
+    base = label.split("@")[0].split(" ")[0]
+    name, _, opts = base.partition("[")
+    return f"{name} [{opts}" if opts else name
 
 
 def parameter_rows(c: dict) -> list[dict]:
@@ -83,8 +86,7 @@ def parameter_rows(c: dict) -> list[dict]:
     series: dict[str, list[dict]] = {}
     for label, rows in [*c["search"].items(), *c.get("comparisons", {}).items(),
                         *((k, v["results"]) for k, v in c["contrasts"].items())]:
-        series.setdefault(_method_of(label) + (" [" + label.split("[")[1].split("]")[0] + "]" if "[" in label else ""),
-                          []).extend(rows)
+        series.setdefault(_method_key(label), []).extend(rows)
     needed = {x["instance"]: (x.get("info") or {}).get("prompt_params_needed") for x in c["certificates"]
               if x["status"] == "certified"}
     out = []

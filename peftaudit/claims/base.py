@@ -91,14 +91,15 @@ def claim_ids() -> list[str]:
     return list(_REGISTRY)
 
 
-def expand_claims(ids: list[str]) -> list[Claim]:
-    """Claims for ids, each followed by the claims of its group (in registration order), no repeats."""
+def expand_claims(items: Sequence[str | Claim]) -> list[Claim]:
+    """Claims for ids (each followed by the claims of its group, in registration order) and Claim
+    objects (taken as they are), without repeats."""
     _load()
     out: list[Claim] = []
-    for cid in ids:
-        for c in [get_claim(cid)] + [c for c in _REGISTRY.values() if c.group == cid]:
-            if c not in out:
-                out.append(c)
+    for item in items:
+        group = [item] if isinstance(item, Claim) else \
+            [get_claim(item)] + [c for c in _REGISTRY.values() if c.group == item]
+        out.extend(c for c in group if c not in out)
     return out
 
 

@@ -61,15 +61,8 @@ def _draw_lora(profile: Profile, seed: int):
 
 
 def _lora_hypotheses(inst):
-    from peftaudit.verify.mlp import MLPWeights, branch_lipschitz
-    spec = inst.spec
-    if not spec.single_head_single_layer or spec.layernorm:
-        return "L2 is about a single layer with a single head and no layer norm"
-    if spec.mlp != "residual" or branch_lipschitz(MLPWeights.of_layer(spec.mlp, inst.weights)) >= 1:
-        return "the MLP must be injective (residual, kappa < 1)"
-    if len(inst.dataset) < 2 or len(inst.dataset) + 1 > spec.d:
-        return "the LoRA variant needs 2 <= N target positions with N + 1 <= d"
-    return None
+    from peftaudit.verify.l2 import hypotheses
+    return hypotheses(inst, lora_variant=True)
 
 
 L2_LORA = register_claim(Claim(
