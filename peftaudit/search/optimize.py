@@ -67,6 +67,40 @@ def adam(residuals: Residuals, trainable: dict[str, Tensor], steps: int, *, lr: 
     return unflat(best_theta, trainable), best_loss
 
 
+def damped_step(J: Tensor, r: Tensor, mu: Tensor) -> Tensor:
+    """The Levenberg-Marquardt step argmin ||J delta + r||^2 + lam ||delta||^2, lam = mu * max diag(J^T J).
+
+    Solved by Cholesky of the smaller of the two damped normal systems (P x P, or R x R with
+    delta = J^T y), which is cheap in a batch on every device; problems whose factorization
+    fails (rank-deficient and barely damped) fall back to the thin SVD of their Jacobian.
+    """
+    B, R, P = J.shape
+    gram = J.transpose(1, 2) @ J if P <= R else J @ J.transpose(1, 2)   # (B,q,q), q = min(P, R)
+    scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-300)  # (B,) ~ s_max^2
+    lam = mu * scale                                                     # (B,)
+    damped = gram + lam[:, None, None] * torch.eye(gram.shape[1], dtype=J.dtype, device=J.device)
+    chol, info = torch.linalg.cholesky_ex(damped)                        # (B,q,q), (B,)
+    if P <= R:
+        rhs = (J.transpose(1, 2) @ r.unsqueeze(2))                       # (B,P,1)
+        delta = -torch.cholesky_solve(rhs, chol).squeeze(2)              # (B,P)
+    else:
+        y = torch.cholesky_solve(r.unsqueeze(2), chol)                   # (B,R,1)
+        delta = -(J.transpose(1, 2) @ y).squeeze(2)                      # (B,P)
+    failed = (info != 0) | ~torch.isfinite(delta).all(dim=1)             # (B,)
+    if bool(failed.any()):
+        idx = failed.nonzero().squeeze(1)
+        delta[idx] = _svd_step(J[idx], r[idx], lam[idx])
+    return delta
+
+
+def _svd_step(J: Tensor, r: Tensor, lam: Tensor) -> Tensor:
+    """The same damped step through the thin SVD of J: stable for any rank."""
+    U, S, Vh = torch.linalg.svd(J, full_matrices=False)                  # (b,R,q) (b,q) (b,q,P)
+    filt = S / (S.square() + lam[:, None].clamp_min(1e-300))            # (b,q)
+    coef = filt * (U.transpose(1, 2) @ r.unsqueeze(2)).squeeze(2)        # (b,q)
+    return -(Vh.transpose(1, 2) @ coef.unsqueeze(2)).squeeze(2)          # (b,P)
+
+
 def levenberg_marquardt(residual_one: Callable[..., Tensor], theta: Tensor, data: tuple, steps: int, *,
                         residuals_all: Callable[[Tensor], Tensor], tol_loss: float = 0.0,
                         project: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -88,13 +122,7 @@ def levenberg_marquardt(residual_one: Callable[..., Tensor], theta: Tensor, data
         if not active.any():
             break
         J = torch.nan_to_num(jacobian(theta, *data))                    # (B,R,P)
-        # damped least squares min ||J delta + r||^2 + mu s_max^2 ||delta||^2 through the thin SVD of J:
-        # stable for rank-deficient and ill-conditioned Jacobians (no normal equations)
-        U, S, Vh = torch.linalg.svd(J, full_matrices=False)              # (B,R,q) (B,q) (B,q,P)
-        damp = mu[:, None] * S[:, :1].square().clamp_min(1e-300)
-        filt = S / (S.square() + damp)                                   # (B,q)
-        coef = filt * (U.transpose(1, 2) @ r.unsqueeze(2)).squeeze(2)    # (B,q)
-        delta = -(Vh.transpose(1, 2) @ coef.unsqueeze(2)).squeeze(2)     # (B,P)
+        delta = damped_step(J, r, mu)                                    # (B,P)
         delta = torch.nan_to_num(delta) * active[:, None]
         candidate = theta + delta
         if project is not None:
