@@ -135,3 +135,21 @@ def test_finishing_pass_completes_near_misses():
     config = SearchConfig(sizes=(2,), polish_steps=20)
     _finish([inst], group_instances([inst]), get_method("prompt"), config, torch.device("cpu"), best, {(0, 2)})
     assert best[(0, 2)].solved and best[(0, 2)].max_abs_error <= 1e-8
+
+
+def test_damped_step_matches_the_svd_step_and_falls_back_when_cholesky_fails():
+    """Both normal systems (P <= R and P > R) give the SVD's damped step; a singular, undamped
+    problem falls back to the SVD instead of returning NaN."""
+    from peftaudit.search.optimize import _svd_step, damped_step
+
+    gen = torch.Generator().manual_seed(0)
+    for R, P in ((12, 5), (5, 12)):
+        J = torch.randn(6, R, P, generator=gen, dtype=torch.float64)
+        r = torch.randn(6, R, generator=gen, dtype=torch.float64)
+        mu = torch.full((6,), 1e-3, dtype=torch.float64)
+        lam = mu * (J.transpose(1, 2) @ J if P <= R else J @ J.transpose(1, 2)).diagonal(dim1=1, dim2=2).amax(1)
+        assert torch.allclose(damped_step(J, r, mu), _svd_step(J, r, lam), rtol=1e-9, atol=1e-12)
+    J = torch.zeros(2, 4, 3, dtype=torch.float64)
+    J[1] = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    step = damped_step(J, torch.ones(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    assert torch.isfinite(step).all() and torch.equal(step[0], torch.zeros(3, dtype=torch.float64))
