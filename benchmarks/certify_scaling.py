@@ -21,8 +21,8 @@ def main() -> None:
     import torch
 
     from peftaudit.strategies.instances import l1_instance
-    from peftaudit.verify.check import check_certificate
-    from peftaudit.verify.l1 import certify
+    from peftaudit.verify.checkers import check_certificate
+    from peftaudit.verify.encoders.l1 import certify
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser()

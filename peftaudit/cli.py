@@ -11,6 +11,10 @@ from typing import Callable, Sequence
 from peftaudit.errors import InputError, PeftauditError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+MAX_SIZE = 4096        # prompt lengths, ranks, planted lengths (the loader's token limit)
+MAX_D = 1024           # the loader's limit on d
+MAX_RESTARTS = 4096
 CERTIFY_EXIT = {"certified": 0, "not-certified": 1, "not-applicable": 3, "unknown": 4}
 GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "m", "m-fold-mlp",
                   "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder")
@@ -31,6 +35,27 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
+_seed = _int_at_least(0, "a seed, an integer >= 0")
+
+
+def _bounded(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    parse_low = _int_at_least(low, what)
+
+    def parse(text: str) -> int:
+        value = parse_low(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected {what} (at most {high}), got {value}")
+        return value
+    return parse
+
+
+def _names(text: str, what: str) -> list[str]:
+    """Comma-separated names; an empty list is an error, never 'all'."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError(what, text, "one or more comma-separated names (leave the option out for all)")
+    return names
 
 
 def _positive_float(text: str) -> float:
@@ -57,27 +82,74 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    if any(v > MAX_SIZE for v in values):
+        raise argparse.ArgumentTypeError(f"expected sizes of at most {MAX_SIZE}, got {text!r}")
     return values
 
 
 # ------------------------------------------------------------------ certify / check / generate
 
+def _new_file(path: str | None, force: bool) -> None:
+    """An --out file must be new, or --force must say that replacing a regular file is meant."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        if not force or not target.is_file() or target.is_symlink():
+            raise InputError("--out", path, "a new file (it exists; --force replaces a regular file)")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise InputError("--out", path, f"a path in a folder ({target.parent} is not one)")
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _within(seconds: float, work: Callable[[], object]) -> object:
+    """Run work() with a wall-clock limit (SIGALRM in the main thread); _TimedOut past it."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        return work()
+
+    def expire(signum: int, frame: object) -> None:
+        raise _TimedOut()
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return work()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
-    from peftaudit.verify.l1 import certify
+    from peftaudit.verify.encoders.l1 import certify
 
+    _new_file(args.out, args.force)
     inst = instance_io.load(args.instance)
     if args.norm_bound is not None and args.claim != "M":
         print("peftaudit certify: --norm-bound applies to --claim M only", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.claim == "L2":
-        from peftaudit.verify.l2 import certify_l2
-        result = certify_l2(inst, tolerance=args.tolerance)
-    elif args.claim == "M":
-        from peftaudit.verify.m import certify_m
-        result = certify_m(inst, tolerance=args.tolerance, bound=args.norm_bound)
-    else:
-        result = certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
+    def run():
+        if args.claim == "L2":
+            from peftaudit.verify.encoders.l2 import certify_l2
+            return certify_l2(inst, tolerance=args.tolerance)
+        if args.claim == "M":
+            from peftaudit.verify.encoders.m import certify_m
+            return certify_m(inst, tolerance=args.tolerance, bound=args.norm_bound)
+        return certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
+    try:
+        result = _within(args.timeout, run)
+    except _TimedOut:
+        if args.json:
+            print(json.dumps({"claim": args.claim, "status": "unknown", "margin": None,
+                              "reason": f"timed out after {args.timeout:g} s"}))
+        else:
+            print(f"{args.claim}: unknown\n  timed out after {args.timeout:g} s (--timeout)")
+        return CERTIFY_EXIT["unknown"]
     if args.out and result.certificate is not None:
         instance_io.atomic_write_bytes(Path(args.out), (json.dumps(result.certificate) + "\n").encode())
     if args.json:
@@ -97,15 +169,34 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from peftaudit.verify.check import MalformedCertificate, check_file
+    from peftaudit.verify.checkers import MalformedCertificate, check_file
 
     try:
-        result = check_file(args.certificate)
+        checked = check_file(args.certificate)
     except MalformedCertificate as exc:
-        print(f"malformed certificate: {exc}", file=sys.stderr)
+        print(f"peftaudit check-certificate: malformed certificate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{'valid' if result.valid else 'INVALID'}: {result.reason}")
-    return 0 if result.valid else 1
+    if args.instance is not None:
+        from peftaudit import instance as instance_io
+
+        given = instance_io.digest(instance_io.load(args.instance))
+        if given != checked.instance_sha256:
+            print(f"peftaudit check-certificate: the certificate is about instance {checked.instance_sha256}, "
+                  f"not {args.instance} ({given})", file=sys.stderr)
+            return 1
+    margin = f"{float(checked.margin):.6g}" if checked.margin is not None else "none"
+    if args.json:
+        print(json.dumps({"valid": checked.valid, "claim": checked.claim, "subject": checked.subject,
+                          "margin": float(checked.margin) if checked.margin is not None else None,
+                          "margin_exact": str(checked.margin) if checked.margin is not None else None,
+                          "instance_sha256": checked.instance_sha256, "reason": checked.reason,
+                          "facts": checked.result.facts, "instance_matched": args.instance is not None}))
+    else:
+        print(f"{'valid' if checked.valid else 'INVALID'}: {checked.reason}")
+        print(f"  claim {checked.claim}; {checked.subject}; margin {margin}")
+        print(f"  instance sha256 {checked.instance_sha256}"
+              + (f" (matches {args.instance})" if args.instance is not None else ""))
+    return 0 if checked.valid else 1
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -114,6 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
     from peftaudit.strategies import instances as builders
 
+    _new_file(args.out, args.force)
     rng = np.random.default_rng(args.seed)
     if args.kind.startswith("l1"):
         variant = {"l1": "skew", "l1-exact": "exact", "l1-parallel": "parallel"}[args.kind]
@@ -150,21 +242,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "meta.prompt_norm_bound)")
     p.add_argument("--tolerance", type=_nonneg_float, default=1e-9,
                    help="certified means margin > TOLERANCE at the layer output (default 1e-9)")
+    p.add_argument("--timeout", type=_nonneg_float, default=600,
+                   help="wall-clock seconds before giving up with status unknown, exit 4 (0: no limit; default 600)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="write the certificate here (JSON)")
+    p.add_argument("--out", help="write the certificate here (JSON; a new file unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("check-certificate", help="re-verify a certificate in exact arithmetic")
     p.add_argument("certificate")
+    p.add_argument("--instance", help="fail unless the certificate is about this instance file (SHA-256 of the "
+                                      "canonical encoding)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("generate", help="write an instance of a family")
     p.add_argument("--kind", choices=GENERATE_KINDS, required=True)
-    p.add_argument("--d", type=_positive_int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--length", type=_positive_int, default=1, help="planted prompt length or LoRA rank")
-    p.add_argument("--layers", type=_positive_int, default=1, help="layers (kind m)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--d", type=_bounded(1, MAX_D, "a dimension from 1"), required=True)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--length", type=_bounded(1, MAX_SIZE, "a length from 1"), default=1,
+                   help="planted prompt length or LoRA rank")
+    p.add_argument("--layers", type=_bounded(1, 64, "a layer count from 1"), default=1, help="layers (kind m)")
+    p.add_argument("--out", required=True, help="instance file to write (a new file unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_generate)
 
     for register in EXTRA_COMMANDS:
@@ -175,12 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+def _internal_error(command: str, exc: BaseException) -> int:
+    """Exit 3 with one line; the traceback goes to a log file, never to the terminal."""
+    import tempfile
+    import traceback
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, log = tempfile.mkstemp(prefix=f"peftaudit-{command}-{stamp}-", suffix=".log")
+        with open(fd, "w") as fh:
+            fh.write(text)
+        where = f"traceback in {log}"
+    except OSError:
+        where = "no log could be written"
+    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    print(f"peftaudit {command}: internal error: {type(exc).__name__}: {message} ({where})", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: cleaned up, nothing partial left
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
         return int(exc.code or 0)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (e.g. called from a test runner's worker thread)
+        previous = None
     try:
         return args.func(args)
     except InputError as exc:
@@ -192,6 +322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"peftaudit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a vanished folder: say which file, no traceback
+        print(f"peftaudit {args.command}: cannot read or write {exc.filename or 'a file'}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    except MemoryError:
+        print(f"peftaudit {args.command}: out of memory (lower the sizes or --max-memory)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001  an internal error: one line, exit 3, traceback to a log
+        return _internal_error(args.command, exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------ search / replay / calibrate
@@ -221,6 +363,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         sizes = args.lengths
     config = _search_config(args, args.method, sizes, options)
+    _new_file(args.out, args.force)
     inst = instance_io.load(args.instance)
     attempts = search([inst], config, progress=not args.json and sys.stderr.isatty())
     size_key = "rank" if args.method == "lora" else "length"
@@ -249,18 +392,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
     from peftaudit.models.methods import get_method
     from peftaudit.search.adapters import load_adapter
-    from peftaudit.search.engine import replay
+    from peftaudit.search.engine import replay, rigorous_replay
 
     inst = instance_io.load(args.instance)
     name, options, size, tensors = load_adapter(args.adapter, inst)
-    loss, err = replay(get_method(name, **options), inst, tensors)
-    ok = err <= args.tolerance
+    method = get_method(name, **options)
+    loss, err = replay(method, inst, tensors)
+    lo, hi = rigorous_replay(method, inst, tensors)
+    ok = hi <= args.tolerance
     if args.json:
         print(json.dumps({"method": name, "size": size, "loss": loss, "max_abs_error": err,
-                          "tolerance": args.tolerance, "memorizes": ok, "kind": "numerical"}))
+                          "exact_max_error": [lo, hi], "tolerance": args.tolerance, "memorizes": ok,
+                          "kind": "exact model enclosed by interval arithmetic"}))
     else:
-        print(f"{name} (size {size}): replayed loss {loss:.3e}, max error {err:.3e} -> "
-              f"{'memorizes' if ok else 'does NOT memorize'} at tolerance {args.tolerance:g} (float64, numerical)")
+        print(f"{name} (size {size}): the exact model's max error lies in [{lo:.3e}, {hi:.3e}] (interval "
+              f"arithmetic; float64 replay {err:.3e}, loss {loss:.3e}) -> "
+              f"{'memorizes' if ok else 'does NOT memorize'} at tolerance {args.tolerance:g}")
     return 0 if ok else 1
 
 
@@ -286,13 +433,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick",
                    help="budget defaults (restarts, steps, polish steps)")
-    p.add_argument("--restarts", type=_positive_int)
+    p.add_argument("--restarts", type=_bounded(1, MAX_RESTARTS, "a restart count from 1"))
     p.add_argument("--steps", type=_nonneg_int, help="Adam steps")
     p.add_argument("--polish-steps", type=_nonneg_int, help="Levenberg-Marquardt steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-memory", type=_positive_int, default=2048, help="memory budget in MB (chunks the batch)")
-    p.add_argument("--norm-bound", type=float, help="project prompt/prefix tokens onto this Euclidean norm ball")
+    p.add_argument("--norm-bound", type=_positive_float, help="project prompt/prefix tokens onto this Euclidean norm ball")
     p.add_argument("--json", action="store_true")
 
 
@@ -301,9 +448,10 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("instance")
     p.add_argument("--method", choices=["prompt", "prefix", "prefix-kv", "lora", "full"], default="prompt")
     p.add_argument("--lengths", type=_int_list, default=(1, 2, 4), help="prompt / prefix lengths, e.g. 1,2,4")
-    p.add_argument("--rank", type=_positive_int, default=1, help="LoRA rank")
+    p.add_argument("--rank", type=_bounded(1, MAX_SIZE, "a rank from 1"), default=1, help="LoRA rank")
     p.add_argument("--targets", default="v", help="LoRA target matrices among q,k,v,o,1,2")
-    p.add_argument("--out", help="write the best adapter here (JSON)")
+    p.add_argument("--out", help="write the best adapter here (JSON; a new file unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     _search_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -316,7 +464,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("calibrate", help="recall of the search on planted instances")
     p.add_argument("--method", choices=["prompt", "lora"], default="prompt")
-    p.add_argument("--count", type=_positive_int, help="planted instances (default: the profile's)")
+    p.add_argument("--count", type=_bounded(1, 100_000, "a count from 1"), help="planted instances (default: the profile's)")
     _search_options(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -332,24 +480,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from peftaudit.audit import run_audit
 
-    claims = [c.strip() for c in args.claims.split(",") if c.strip()] if args.claims else None
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    claims = _names(args.claims, "--claims") if args.claims is not None else None
+    methods = _names(args.methods, "--methods") if args.methods is not None else None
     out = args.out or f"reports/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{args.profile}-s{args.seed}"
     started = time.perf_counter()
     try:
         result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
-                           device=args.device, out=out, calibration=not args.no_calibration,
+                           device=args.device, out=out, force=args.force, calibration=not args.no_calibration,
                            progress=sys.stderr.isatty(), argv=sys.argv[1:])
-    except PeftauditError:
-        raise
     except KeyboardInterrupt:
         print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
         return 130
-    except Exception as exc:  # an internal error: say so, exit 3
-        import traceback
-        traceback.print_exc()
-        print(f"peftaudit audit: internal error: {exc}", file=sys.stderr)
-        return 3
     print(f"peftaudit audit ({args.profile}, seed {args.seed}) in {time.perf_counter() - started:.0f} s")
     width = max([5] + [len(c["id"]) for c in result.report["claims"]])
     print(f"{'claim':<{width}} {'verdict':<10} reason")
@@ -374,10 +515,12 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
     p.add_argument("--claims", help="comma-separated claim ids (default: all registered)")
     p.add_argument("--methods", help="restrict searches to these methods (comma-separated)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--out", help="report folder (default: reports/<run-id>)")
+    p.add_argument("--out", help="report folder (default: reports/<run-id>); must not exist, or be empty")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it holds a previous peftaudit report (nothing else is ever replaced)")
     p.add_argument("--no-calibration", action="store_true", help="skip the calibration on planted instances")
     p.set_defaults(func=cmd_audit)
 

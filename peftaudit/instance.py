@@ -7,16 +7,19 @@ whole file before anything is returned: nothing is partly loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from peftaudit import jsonio
 from peftaudit.errors import InputError
 from peftaudit.models.spec import ATTENTION_KINDS, MLP_KINDS, HeadShape, LayerShape, ModelSpec
 
@@ -26,6 +29,10 @@ MODEL_KEYS = {"d", "mlp", "attention", "positional", "layernorm", "layers"}
 LAYER_KEYS = {"heads", "W1", "b1", "W2", "b2"}
 HEAD_KEYS = {"Wq", "Wk", "Wv", "Wo"}
 EXAMPLE_KEYS = {"X", "Y"}
+# caps on what a file may declare (the checker holds its own copy: verify/checkers/instance.py)
+LIMITS = {"d": 1024, "layers": 64, "heads": 64, "examples": 100_000, "tokens": 4096, "hidden": 16384}
+MAX_ARRAY_ELEMENTS = 2**26          # numbers in all arrays of one binary file together
+MAX_BINARY_BYTES = 1024 * 2**20     # a .npz / .safetensors file larger than this is refused
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,33 @@ def to_dict(inst: Instance) -> dict:
             "meta": dict(inst.meta)}
 
 
+def canonical_json(inst: Instance) -> str:
+    """The canonical encoding: every default written out, keys sorted, no spaces, numbers as the
+    shortest round-trip decimals of their binary64 values (README "Certificates")."""
+    return json.dumps(_no_negative_zero(to_dict(inst)), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _no_negative_zero(x: Any) -> Any:
+    """-0.0 and 0.0 are one rational: the canonical encoding writes 0.0."""
+    if isinstance(x, float):
+        return x + 0.0
+    if isinstance(x, list):
+        return [_no_negative_zero(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _no_negative_zero(v) for k, v in x.items()}
+    return x
+
+
+def digest(inst: Instance) -> str:
+    """SHA-256 of the canonical encoding: what certificates and adapter files bind to."""
+    return hashlib.sha256(canonical_json(inst).encode()).hexdigest()
+
+
+def _limit(obj: Any, where: str, what: str) -> None:
+    if isinstance(obj, (list, np.ndarray)) and len(obj) > LIMITS[what]:
+        raise InputError(where, f"{len(obj)} entries", f"at most {LIMITS[what]} ({what})")
+
+
 def _keys(obj: Any, where: str, allowed: set[str], required: set[str]) -> dict:
     if not isinstance(obj, dict):
         raise InputError(where, obj, "a JSON object")
@@ -112,6 +146,8 @@ def _array(obj: Any, where: str, ndim: int, shape: tuple[int | None, ...] | None
         if depth == ndim:
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 raise InputError(path, x, "a JSON number")
+            if isinstance(x, int) and not _exact_int(x):
+                raise InputError(path, x, "a number that is exactly a binary64 value (README 'Numbers')")
             if not math.isfinite(x):
                 raise InputError(path, x, "a finite number (no NaN or infinity)")
             return
@@ -120,7 +156,7 @@ def _array(obj: Any, where: str, ndim: int, shape: tuple[int | None, ...] | None
         for i, item in enumerate(x):
             check(item, depth + 1, f"{path}[{i}]")
     if isinstance(obj, np.ndarray):
-        arr = obj.astype(np.float64)
+        arr = binary64_array(obj, where)
         if arr.ndim != ndim:
             raise InputError(where, f"array of shape {arr.shape}", f"{ndim} dimensions")
         if not np.all(np.isfinite(arr)):
@@ -144,6 +180,25 @@ def _array(obj: Any, where: str, ndim: int, shape: tuple[int | None, ...] | None
     return arr
 
 
+def _exact_int(x: int) -> bool:
+    return abs(x) < 2**1024 and int(float(x)) == x
+
+
+def binary64_array(arr: np.ndarray, where: str) -> np.ndarray:
+    """A stored array as float64 under the number rule: real floats of at most 64 bits, or
+    integers that float64 holds exactly; booleans, complex, strings, dates and objects refused."""
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "f" and size <= 8:
+        return arr.astype(np.float64)
+    if kind in "iu":
+        out = arr.astype(np.float64)
+        big = np.abs(out) >= 2.0**53
+        if big.any() and not np.array_equal(out[big].astype(arr.dtype), arr[big]):
+            raise InputError(where, f"{arr.dtype} array", "integers that float64 holds exactly (README 'Numbers')")
+        return out
+    raise InputError(where, f"{arr.dtype} array", "an array of real numbers (float16/32/64 or exact integers)")
+
+
 def _choice(obj: Any, where: str, options: tuple[str, ...]) -> str:
     if obj not in options:
         raise InputError(where, obj, "one of " + ", ".join(repr(o) for o in options))
@@ -160,8 +215,8 @@ def from_dict(doc: Any) -> Instance:
     _keys(doc, "instance", TOP_KEYS, {"format", "model", "dataset"})
     model = _keys(doc["model"], "model", MODEL_KEYS, {"d", "layers"})
     d = model["d"]
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise InputError("model.d", d, "a positive integer")
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= LIMITS["d"]:
+        raise InputError("model.d", d, f"an integer from 1 to {LIMITS['d']}")
     mlp = _choice(model.get("mlp", "residual"), "model.mlp", MLP_KINDS)
     attention = _choice(model.get("attention", "encoder"), "model.attention", ATTENTION_KINDS)
     layernorm = model.get("layernorm", False)
@@ -171,6 +226,7 @@ def from_dict(doc: Any) -> Instance:
     layers_doc = model["layers"]
     if not isinstance(layers_doc, list) or not layers_doc:
         raise InputError("model.layers", layers_doc, "a non-empty list of layers")
+    _limit(layers_doc, "model.layers", "layers")
     layer_shapes = []
     for li, layer in enumerate(layers_doc):
         where = f"model.layers[{li}]"
@@ -178,6 +234,7 @@ def from_dict(doc: Any) -> Instance:
         heads_doc = layer["heads"]
         if not isinstance(heads_doc, list) or not heads_doc:
             raise InputError(f"{where}.heads", heads_doc, "a non-empty list of heads")
+        _limit(heads_doc, f"{where}.heads", "heads")
         head_shapes = []
         for hi, head in enumerate(heads_doc):
             hw = f"{where}.heads[{hi}]"
@@ -196,6 +253,7 @@ def from_dict(doc: Any) -> Instance:
                 raise InputError(f"{hw}.Wv", f"shape {Wv.shape}", f"shape ({d}, {d}) when Wo is absent")
             head_shapes.append(HeadShape(k=Wq.shape[0], v=Wv.shape[0], has_wo=has_wo))
         p = f"layers.{li}."
+        _limit(layer["W1"], f"{where}.W1", "hidden")
         W1 = _array(layer["W1"], f"{where}.W1", 2, (None, d))
         hidden = W1.shape[0]
         weights.update({p + "W1": W1, p + "b1": _array(layer["b1"], f"{where}.b1", 1, (hidden,)),
@@ -211,10 +269,12 @@ def from_dict(doc: Any) -> Instance:
     dataset_doc = doc["dataset"]
     if not isinstance(dataset_doc, list) or not dataset_doc:
         raise InputError("dataset", dataset_doc, "a non-empty list of examples")
+    _limit(dataset_doc, "dataset", "examples")
     examples = []
     for i, ex in enumerate(dataset_doc):
         where = f"dataset[{i}]"
         _keys(ex, where, EXAMPLE_KEYS, EXAMPLE_KEYS)
+        _limit(ex["X"], f"{where}.X", "tokens")
         X = _array(ex["X"], f"{where}.X", 2, (None, d))
         Y = _array(ex["Y"], f"{where}.Y", 2, (None, d))
         if Y.shape[0] > X.shape[0]:
@@ -297,32 +357,63 @@ def save(inst: Instance, path: str | Path) -> None:
         raise InputError("path", str(path), "a file name ending in .json, .npz or .safetensors")
 
 
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read an .npz after checking every member's declared dtype, shape and size (no bombs)."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if sum(info.file_size for info in infos) > MAX_BINARY_BYTES:
+            raise InputError("instance", str(path), f"arrays of at most {MAX_BINARY_BYTES} bytes uncompressed")
+        arrays, elements = {}, 0
+        for info in infos:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with zf.open(info) as fh:  # the header first: dtype and shape before any data
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(fh)
+            if dtype.hasobject:
+                raise InputError(f"array {name}", str(dtype), "a numeric array (no objects)")
+            elements += int(np.prod(shape, dtype=object))
+            if elements > MAX_ARRAY_ELEMENTS:
+                raise InputError(f"array {name}", f"shape {shape}", f"at most {MAX_ARRAY_ELEMENTS} numbers in all")
+            with zf.open(info) as fh:
+                arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
+        return arrays
+
+
+def _safetensors_arrays(path: Path) -> tuple[str, dict[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        header = (fh.metadata() or {}).get("peftaudit", "")
+        elements = 0
+        for key in fh.keys():
+            elements += int(np.prod(fh.get_slice(key).get_shape(), dtype=object))
+            if elements > MAX_ARRAY_ELEMENTS:
+                raise InputError(f"array {key}", "too many numbers", f"at most {MAX_ARRAY_ELEMENTS} in all")
+        return header, {k: fh.get_tensor(k) for k in fh.keys()}
+
+
 def load(path: str | Path) -> Instance:
     """Read and validate an instance file; raises InputError (nothing partly loaded)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("instance", str(path), "an existing instance file")
     if path.suffix == ".json":
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError("instance", str(path), f"valid JSON ({exc})") from None
-        return from_dict(doc)
+        return from_dict(jsonio.load(path, "instance"))
+    if path.suffix not in (".npz", ".safetensors"):
+        raise InputError("instance", str(path), "a file name ending in .json, .npz or .safetensors")
+    jsonio.regular_file(path, "instance", MAX_BINARY_BYTES)
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            header = bytes(arrays.pop("__header__", np.zeros(0, np.uint8))).decode()
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(str(path), framework="numpy") as fh:
-                header = (fh.metadata() or {}).get("peftaudit", "")
-                arrays = {k: fh.get_tensor(k) for k in fh.keys()}
+            arrays = _npz_arrays(path)
+            raw = arrays.pop("__header__", np.zeros(0, np.uint8))
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise InputError("__header__", f"{raw.dtype} array of shape {raw.shape}", "uint8 bytes of JSON")
+            header = bytes(raw).decode()
         else:
-            raise InputError("instance", str(path), "a file name ending in .json, .npz or .safetensors")
-        skeleton = json.loads(header) if header else None
+            header, arrays = _safetensors_arrays(path)
     except InputError:
         raise
     except Exception as exc:  # a corrupt archive is bad input, not a crash
-        raise InputError("instance", str(path), f"a readable {path.suffix} instance file ({exc})") from None
+        raise InputError("instance", str(path), f"a readable {path.suffix} instance file ({str(exc)[:120]})") from None
+    skeleton = jsonio.loads(header, "instance header") if header else None
     return from_dict(_resolve_refs(skeleton, arrays) if skeleton is not None else {})

@@ -71,10 +71,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not config.getoption("peftaudit"):
         return
     from peftaudit.claims import claim_ids, expand_claims
+    from peftaudit.errors import InputError
 
     wanted = config.getoption("peftaudit_claims")
-    ids = [c.strip() for c in wanted.split(",") if c.strip()] if wanted else claim_ids()
-    for claim in expand_claims(ids):
+    ids = [c.strip() for c in wanted.split(",") if c.strip()] if wanted is not None else claim_ids()
+    if not ids:
+        raise pytest.UsageError("--peftaudit-claims: give one or more comma-separated claim ids (leave it out for all)")
+    try:
+        claims = expand_claims(ids)
+    except InputError as exc:  # an unknown id: one line naming the known ones, not an INTERNALERROR
+        raise pytest.UsageError(f"--peftaudit-claims: {exc}") from None
+    for claim in claims:
         cid = claim.id
         methods = []
         for run in claim.falsifiers + claim.contrasts + claim.comparisons:

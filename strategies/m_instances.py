@@ -23,7 +23,7 @@ from scipy.optimize import root
 from peftaudit.errors import InputError
 from peftaudit.instance import Instance, make_instance
 from peftaudit.models.spec import simple_spec
-from peftaudit.verify.m import NORM_BOUND_KEY
+from peftaudit.verify.encoders.m import NORM_BOUND_KEY
 
 from .instances import model_outputs
 from .weights import generic_matrix, orthogonal

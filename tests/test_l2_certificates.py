@@ -13,8 +13,9 @@ from peftaudit.models.transformer import forward, to_torch
 from peftaudit.search.engine import SearchConfig, search
 from peftaudit.strategies.hyp import rngs
 from peftaudit.strategies.instances import l2_instance, planted_prompt_instance
-from peftaudit.verify.check import check_certificate
-from peftaudit.verify.l2 import certify_l2
+from peftaudit.instance import digest, from_dict
+from peftaudit.verify.checkers import check_certificate
+from peftaudit.verify.encoders.l2 import certify_l2
 
 
 def _max_error(inst, prompt):
@@ -35,7 +36,7 @@ def test_l2_family_is_certified_and_no_short_prompt_beats_the_margin(inst, rng):
     result = certify_l2(inst)
     assert result.status == "certified", result.reason
     assert check_certificate(json.loads(json.dumps(result.certificate))).valid
-    N = result.certificate["info"]["N"]
+    N = len(result.certificate["positions"])
     for length in range(1, N):
         for scale in (0.1, 1.0, 30.0):
             for prompt in rng.normal(size=(8, length, inst.spec.d)) * scale:
@@ -46,7 +47,7 @@ def test_l2_family_is_certified_and_no_short_prompt_beats_the_margin(inst, rng):
 @given(l2_instances())
 def test_search_with_short_prompts_never_beats_an_l2_margin(inst):
     result = certify_l2(inst)
-    N = result.certificate["info"]["N"]
+    N = len(result.certificate["positions"])
     attempts = search([inst], SearchConfig(sizes=tuple(range(1, N)), restarts=2, steps=100, polish_steps=10,
                                            rounds=1), progress=False)
     assert all(a.max_abs_error >= float(result.margin) for a in attempts)
@@ -62,7 +63,7 @@ def test_planted_short_prompts_are_never_l2_certified(chunk):
                                        tokens=int(rng.integers(1, 3)), examples=int(rng.integers(2, 4)),
                                        attention="causal" if seed % 2 else "encoder")
         result = certify_l2(inst)
-        assert result.status != "certified" or result.certificate["info"]["N"] <= inst.meta["planted"]["length"]
+        assert result.status != "certified" or len(result.certificate["positions"]) <= inst.meta["planted"]["length"]
 
 
 @pytest.mark.parametrize("field", ["mu", "s", "r", "t", "delta", "margin", "c", "a_lo", "a_hi", "X"])
@@ -79,6 +80,7 @@ def test_tampering_with_an_l2_certificate_invalidates_it(field):
         cert["r"] = "0/1"
     elif field == "X":
         cert["instance"]["dataset"][1]["X"][0][0] += 1.0
+        cert["instance_sha256"] = digest(from_dict(cert["instance"]))  # a tamperer rebinds it
     else:
         cert["data"][1][field][0] = bump(cert["data"][1][field][0], up=(field != "a_hi"))
     assert not check_certificate(cert).valid

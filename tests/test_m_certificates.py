@@ -16,8 +16,9 @@ from peftaudit.models.transformer import attention, forward, to_torch
 from peftaudit.search.engine import SearchConfig, search
 from peftaudit.strategies import hyp, m_instances as build
 from peftaudit.strategies.instances import model_outputs
-from peftaudit.verify.check import MalformedCertificate, check_certificate
-from peftaudit.verify.m import (certify_m, hypotheses, input_radius, layer_bounds, layer_conditions,
+from peftaudit.instance import digest, from_dict
+from peftaudit.verify.checkers import MalformedCertificate, check_certificate
+from peftaudit.verify.encoders.m import (certify_m, hypotheses, input_radius, layer_bounds, layer_conditions,
                                 per_layer_injective)
 
 SHAPES = [(d, layers, att) for d in (2, 4, 8) for layers in (1, 2) for att in ("encoder", "causal")]
@@ -59,6 +60,7 @@ def test_checker_rejects_tampered_certificates(tamper, expect):
     cert = copy.deepcopy(_certificate())
     assert check_certificate(cert).valid
     tamper(cert)
+    cert["instance_sha256"] = digest(from_dict(cert["instance"]))  # a tamperer rebinds the instance
     verdict = check_certificate(cert)
     assert not verdict.valid and expect in verdict.reason
 

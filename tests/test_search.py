@@ -15,7 +15,7 @@ from peftaudit.search.calibrate import calibrate
 from peftaudit.search.engine import SearchConfig, search
 from peftaudit.strategies.hyp import l1_instances
 from peftaudit.strategies.instances import planted_lora_instance, planted_prompt_instance
-from peftaudit.verify.l1 import certify
+from peftaudit.verify.encoders.l1 import certify
 
 FAST = dict(restarts=4, steps=200, polish_steps=30, rounds=2)
 

@@ -6,13 +6,18 @@ leading problem dimension B, a forward that uses them, and its trainable paramet
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError, UnknownNameError
 from peftaudit.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from peftaudit.models.interval import ExactAdapter
 
 Params = Mapping[str, Tensor]
 
@@ -33,6 +38,10 @@ class Method(Protocol):
 
     def project(self, trainable: dict[str, Tensor], bound: float) -> None:
         """Project in place onto the norm ball of radius `bound` (methods without one raise)."""
+
+    def exact_adapter(self, adapter: Mapping[str, "np.ndarray"]) -> "ExactAdapter":
+        """How one problem's adapter enters the exact model (prompt, prefix, W + B A, W + D), for
+        the rigorous replay that decides REFUTED (models/interval.py)."""
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
@@ -58,9 +67,12 @@ def method_names() -> list[str]:
 def get_method(name: str, **options: object) -> Method:
     """Construct a registered method; unknown names list the known ones."""
     _load_builtin()
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownNameError("method", name, list(_REGISTRY))
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as exc:  # an option the method does not take
+        raise InputError(f"{name} options", sorted(options), f"options the method takes ({exc})") from None
 
 
 def check_size(method: str, size: int) -> int:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 
+from typing import Mapping
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError
+from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
 
@@ -26,6 +30,9 @@ class FullFineTuning:
 
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
         return forward(spec, {name: params[name] + trainable[name] for name in params}, X)
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        return ExactAdapter(delta=dict(adapter))
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return sum(math.prod(shape) for _, shape in spec.weight_shapes())

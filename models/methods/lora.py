@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError
+from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
 
@@ -63,6 +67,11 @@ class LoRA:
 
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
         return forward(spec, self.adapted(params, trainable), X)
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        """W + B A, computed in the exact model (never rounded)."""
+        return ExactAdapter(low_rank={key[:-2]: (adapter[key[:-2] + ".B"], a) for key, a in adapter.items()
+                                      if key.endswith(".A")})
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return sum(size * (rows + cols) for _, (rows, cols) in adapted_matrices(spec, self.targets))

@@ -6,9 +6,13 @@ Two styles (SPEC section 1): "prefix-kv" (peft style: free key and value vectors
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
 
@@ -31,6 +35,9 @@ class PrefixStates:
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * spec.d * len(spec.layers)
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        return ExactAdapter(prefix=dict(adapter))
 
     def project(self, trainable: dict[str, Tensor], bound: float) -> None:
         for t in trainable.values():
@@ -58,6 +65,9 @@ class PrefixKeyValue:
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * sum(h.k + h.v for layer in spec.layers for h in layer.heads)
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        return ExactAdapter(prefix=dict(adapter))
 
     def project(self, trainable: dict[str, Tensor], bound: float) -> None:
         for t in trainable.values():

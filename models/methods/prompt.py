@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
 
@@ -23,6 +27,10 @@ class SoftPrompt:
 
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
         return forward(spec, params, X, prompt=trainable["prompt"])
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        """How the found prompt enters the exact model (for the rigorous replay)."""
+        return ExactAdapter(prompt=adapter["prompt"])
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * spec.d

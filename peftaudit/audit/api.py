@@ -12,6 +12,7 @@ from peftaudit.search.calibrate import calibrate
 from peftaudit.search.problems import resolve_device
 from peftaudit.settings import get_profile
 
+from .outdir import check_out_dir
 from .report import SCHEMA_VERSION, claim_json, provenance, write_report
 from .runner import ClaimOutcome, audit_claim, log_stderr, search_config
 
@@ -34,11 +35,16 @@ class AuditResult:
 
 def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
               methods: Sequence[str] | None = None, jobs: int = 1, device: str = "auto",
-              out: str | Path | None = None, calibration: bool = True, progress: bool = True,
+              out: str | Path | None = None, force: bool = False, calibration: bool = True, progress: bool = True,
               quiet: bool = False, argv: Sequence[str] = ()) -> AuditResult:
-    """Audit claims (ids or Claim objects; default: every registered claim) and write a report."""
+    """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
+
+    `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
+    a previous peftaudit report, which is replaced whole."""
     from peftaudit.claims import claim_ids, expand_claims
 
+    if out is not None:
+        check_out_dir(out, force)
     prof = get_profile(profile)
     resolved = expand_claims(claims or claim_ids())
     if jobs < 1:
@@ -63,5 +69,5 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
             report["calibration"][method] = cal.to_json()
     out_dir = None
     if out is not None:
-        out_dir = write_report(report, outcomes, Path(out))
+        out_dir = write_report(report, outcomes, Path(out), force=force)
     return AuditResult(report, outcomes, out_dir)

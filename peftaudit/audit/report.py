@@ -87,7 +87,7 @@ def parameter_rows(c: dict) -> list[dict]:
     for label, rows in [*c["search"].items(), *c.get("comparisons", {}).items(),
                         *((k, v["results"]) for k, v in c["contrasts"].items())]:
         series.setdefault(_method_key(label), []).extend(rows)
-    needed = {x["instance"]: (x.get("info") or {}).get("prompt_params_needed") for x in c["certificates"]
+    needed = {x["instance"]: (x.get("established") or {}).get("prompt_params_needed") for x in c["certificates"]
               if x["status"] == "certified"}
     out = []
     for i, shape in enumerate(c["instance_shapes"]):
@@ -249,9 +249,12 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
 # ------------------------------------------------------------------ writing
 
-def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> Path:
-    """Write the whole report into out_dir atomically (temporary sibling, then rename)."""
-    out_dir = Path(out_dir)
+def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, force: bool = False) -> Path:
+    """Write the whole report into out_dir atomically (temporary sibling, then rename); out_dir is
+    checked again here (it may have changed during the audit) and only a previous report is replaced."""
+    from .outdir import check_out_dir
+
+    out_dir = check_out_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
@@ -263,7 +266,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> P
             if o.claim.kind == "cannot":
                 for attempts in o.searches.values():
                     for a in attempts:
-                        if not a.solved:
+                        if not a.rigorously_solved:
                             continue
                         from peftaudit.search.adapters import replayed_figures, save_adapter
                         stem = f"{o.claim.id}-{a.instance}-{a.method}-{a.size}"
@@ -271,10 +274,10 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> P
                         save_instance(o.instances[a.instance], tmp / "counterexamples" / f"{stem}.instance.json")
                         save_adapter(tmp / "counterexamples" / f"{stem}.adapter.json", o.instances[a.instance],
                                      a.method, a.options, a.size, a.adapter,
-                                     replayed_figures(a.best_loss, a.max_abs_error))
+                                     replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error))
                         c["counterexamples"].append({
                             "instance": a.instance, "method": a.method, "size": a.size,
-                            "max_abs_error": a.max_abs_error,
+                            "max_abs_error": a.max_abs_error, "exact_max_error": list(a.exact_max_error),
                             "instance_file": f"counterexamples/{stem}.instance.json",
                             "adapter_file": f"counterexamples/{stem}.adapter.json",
                             "replay": f"peftaudit replay {out_dir}/counterexamples/{stem}.instance.json "
@@ -289,12 +292,15 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> P
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.md").write_text(md_text)
         (tmp / "report.html").write_text(html(report, figs))
-        if out_dir.exists():
+        check_out_dir(out_dir, force)
+        if out_dir.exists() and any(out_dir.iterdir()):  # a previous report (checked just above), --force
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
             os.replace(out_dir, old / "report")
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            if out_dir.exists():
+                out_dir.rmdir()  # empty
             os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

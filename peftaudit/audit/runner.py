@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from peftaudit.claims import Claim, MethodRun, get_claim
 from peftaudit.instance import Instance
-from peftaudit.search.engine import Attempt, SearchConfig, search
+from peftaudit.search.engine import Attempt, SearchConfig, confirm, search
 from peftaudit.settings import Profile
 
 VERDICTS = ("CERTIFIED", "REFUTED", "SURVIVED", "VACUOUS", "UNKNOWN", "ERROR")
@@ -49,19 +49,24 @@ def _certify_worker(args: tuple[str, Instance, float]) -> dict:
 
 
 def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
-    from peftaudit.verify.check import check_certificate
+    from peftaudit.verify.checkers import MalformedCertificate, check_certificate
 
     result = claim.certify(inst, tolerance)
     summary = {"status": result.status, "margin": float(result.margin) if result.margin is not None else None,
                "best_error": result.best_error, "reason": result.reason, "checked": False}
     if result.status == "certified":
-        verdict = check_certificate(result.certificate)  # independent exact re-check, never skipped
+        try:
+            verdict = check_certificate(result.certificate)  # independent exact re-check, never skipped
+        except MalformedCertificate as exc:
+            summary.update(status="unknown", reason=f"the independent checker refused the certificate: {exc}")
+            return summary
         summary["checked"] = verdict.valid
+        summary["instance_sha256"] = verdict.instance_sha256
+        summary["established"] = {k: v for k, v in verdict.result.facts.items()}
         if not verdict.valid:
             summary["status"] = "unknown"
             summary["reason"] = f"certificate failed the independent check: {verdict.reason}"
         summary["certificate"] = result.certificate
-        summary["info"] = result.certificate.get("info", {})
     return summary
 
 
@@ -82,7 +87,13 @@ def decide(outcome: ClaimOutcome) -> None:
     """Set verdict and reason from the evidence, checking soundness conflicts on the way."""
     claim = outcome.claim
     active = [i for i in range(len(outcome.instances)) if i not in outcome.vacuous]
-    found = [a for attempts in outcome.searches.values() for a in attempts if a.solved]
+    solved = [a for attempts in outcome.searches.values() for a in attempts if a.solved]
+    found = [a for a in solved if a.rigorously_solved]
+    for label, attempts in [*outcome.searches.items(), *outcome.contrasts.items(), *outcome.comparisons.items()]:
+        broken = sorted({a.instance for a in attempts if not math.isfinite(a.best_loss)})
+        if broken:  # every candidate of every restart replayed to NaN or Inf: the method is broken
+            outcome.errors.append(f"method {label} produced only non-finite outputs (NaN or Inf) on "
+                                  f"instance(s) {broken}")
     for attempts in outcome.searches.values():
         for a in attempts:
             cert = outcome.certificates.get(a.instance)
@@ -102,7 +113,8 @@ def decide(outcome: ClaimOutcome) -> None:
             a = found[0]
             outcome.verdict = "REFUTED"
             outcome.reason = (f"{len(found)} replayed counterexample(s); e.g. {a.method} size {a.size} memorizes "
-                              f"instance {a.instance} (max error {a.max_abs_error:.2e}, numerical)")
+                              f"instance {a.instance} (exact model's max error <= {a.exact_max_error[1]:.2e} by "
+                              f"interval replay; float64 {a.max_abs_error:.2e})")
             return
         statuses = [outcome.certificates.get(i, {}).get("status") for i in active]
         certified = sum(s == "certified" for s in statuses)
@@ -117,6 +129,9 @@ def decide(outcome: ClaimOutcome) -> None:
             outcome.verdict = "SURVIVED"
             outcome.reason = (f"search found no counterexample; {certified}/{len(active)} instances certified "
                               "(search failure proves nothing)")
+            if solved:
+                outcome.reason += (f"; {len(solved)} float64 solution(s) not confirmed by the interval replay of "
+                                   "the exact model")
     else:  # "can": refuted by a checked certificate of impossibility
         refuting = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
         if refuting:
@@ -150,6 +165,8 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
             log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in results)}/{len(active)}")
         keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
         outcome.searches = _run_searches(keep(claim.falsifiers), outcome.instances, active, profile, base, progress)
+        if claim.kind == "cannot":  # a counterexample counts only once the exact model is enclosed
+            outcome.searches = {k: confirm(v, outcome.instances) for k, v in outcome.searches.items()}
         outcome.contrasts = _run_searches(keep(claim.contrasts), outcome.instances, active, profile, base, progress)
         outcome.comparisons = _run_searches(keep(claim.comparisons), outcome.instances, active, profile, base,
                                             progress)

@@ -25,13 +25,13 @@ def _draw(variants: tuple[str, ...]):
 
 
 def _hypotheses(inst):
-    from peftaudit.verify.l1 import hypotheses
+    from peftaudit.verify.encoders.l1 import hypotheses
     return hypotheses(inst)
 
 
 def _certifier(claim_id: str):
     def certify(inst, tolerance: float):
-        from peftaudit.verify.l1 import certify as run
+        from peftaudit.verify.encoders.l1 import certify as run
         return run(inst, claim_id, tolerance)
     return certify
 

@@ -21,12 +21,12 @@ def _draw(profile: Profile, seed: int):
 
 
 def _hypotheses(inst):
-    from peftaudit.verify.l2 import hypotheses
+    from peftaudit.verify.encoders.l2 import hypotheses
     return hypotheses(inst)
 
 
 def _certify(inst, tolerance: float):
-    from peftaudit.verify.l2 import certify_l2
+    from peftaudit.verify.encoders.l2 import certify_l2
     return certify_l2(inst, tolerance)
 
 
@@ -61,7 +61,7 @@ def _draw_lora(profile: Profile, seed: int):
 
 
 def _lora_hypotheses(inst):
-    from peftaudit.verify.l2 import hypotheses
+    from peftaudit.verify.encoders.l2 import hypotheses
     return hypotheses(inst, lora_variant=True)
 
 

@@ -41,25 +41,25 @@ def _draw(family: str, stream: int):
 
 
 def _m_hypotheses(inst):
-    from peftaudit.verify.m import hypotheses
+    from peftaudit.verify.encoders.m import hypotheses
     return hypotheses(inst)
 
 
 def _certify(inst, tolerance: float):
-    from peftaudit.verify.m import certify_m
+    from peftaudit.verify.encoders.m import certify_m
     return certify_m(inst, tolerance)
 
 
 def _drop(condition: str):
     """Hypotheses of an ablation: M's shape, the dropped condition false, the other true."""
     def hypotheses(inst):
-        from peftaudit.verify.m import layer_conditions, structure_problem
+        from peftaudit.verify.encoders.m import layer_conditions, structure_problem
         why = structure_problem(inst)
         if why is not None:
             return why
         cond = layer_conditions(inst)
         if condition == "mlp":
-            from peftaudit.verify.mlp import MLPWeights, injectivity
+            from peftaudit.verify.encoders.mlp import MLPWeights, injectivity
             if not cond["attention"]:
                 return "the attention condition must hold when only the MLP's is dropped"
             if all(injectivity(MLPWeights.of_layer("residual", inst.weights, li)).status == "injective"
@@ -73,7 +73,7 @@ def _drop(condition: str):
 
 
 def _naive_hypotheses(inst):
-    from peftaudit.verify.m import per_layer_injective, structure_problem
+    from peftaudit.verify.encoders.m import per_layer_injective, structure_problem
     if inst.spec.attention != "encoder" or len(inst.spec.layers) < 2:
         return "the naive statement is about encoder models with two or more layers"
     why = structure_problem(inst)

@@ -29,6 +29,8 @@ DEFAULT_MAX_MEMORY_MB = 2048
 SOLVED_MAX_ERROR = 1e-8
 FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
 FINISH_FACTOR = 5   # their finishing pass runs this many times the polish steps
+MAX_SIZE = 4096     # prompt lengths and ranks (the instance loader's token limit)
+MAX_RESTARTS = 4096
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,11 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(name, value, "an integer >= 0")
-        if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.sizes):
-            raise InputError("sizes", self.sizes, "one or more positive integers")
+        if not self.sizes or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_SIZE
+                                 for s in self.sizes):
+            raise InputError("sizes", self.sizes, f"one or more integers from 1 to {MAX_SIZE}")
+        if self.restarts > MAX_RESTARTS:
+            raise InputError("restarts", self.restarts, f"at most {MAX_RESTARTS}")
         if self.norm_bound is not None and not (self.norm_bound > 0 and math.isfinite(self.norm_bound)):
             raise InputError("norm_bound", self.norm_bound, "a finite positive number")
         if not self.tolerance >= 0:
@@ -79,10 +84,20 @@ class Attempt:
     solved: bool           # max_abs_error <= tolerance
     adapter: dict = field(repr=False, default_factory=dict)  # name -> np.ndarray (one problem)
     options: dict = field(default_factory=dict)
+    exact_max_error: tuple[float, float] | None = None  # enclosure of the exact model's max error
+    tolerance: float = SOLVED_MAX_ERROR
+
+    @property
+    def rigorously_solved(self) -> bool:
+        """The exact model's max error is proved <= tolerance (the enclosure's upper end)."""
+        return self.exact_max_error is not None and self.exact_max_error[1] <= self.tolerance
 
     def to_json(self) -> dict:
-        return {"instance": self.instance, "method": self.method, "size": self.size, "params": self.params,
-                "best_loss": self.best_loss, "max_abs_error": self.max_abs_error, "solved": self.solved}
+        out = {"instance": self.instance, "method": self.method, "size": self.size, "params": self.params,
+               "best_loss": self.best_loss, "max_abs_error": self.max_abs_error, "solved": self.solved}
+        if self.exact_max_error is not None:
+            out["exact_max_error"] = list(self.exact_max_error)
+        return out
 
 
 def _chunk_seed(seed: int, *parts: object) -> int:
@@ -116,6 +131,29 @@ def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tu
     err = out[:, out.shape[1] - inst.n_targets:, :] - inst.targets()
     loss = float(np.square(err).sum())
     return (loss if math.isfinite(loss) else math.inf), float(np.abs(err).max()) if np.isfinite(err).all() else math.inf
+
+
+def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tuple[float, float]:
+    """An enclosure [lo, hi] of the exact model's max error over every example (interval arithmetic)."""
+    from peftaudit.models.interval import max_error_enclosure
+
+    exact = method.exact_adapter({k: np.asarray(v, dtype=np.float64) for k, v in adapter.items()})
+    lo = hi = 0.0
+    for ex in inst.dataset:
+        a, b = max_error_enclosure(inst.spec, inst.weights, ex.X, ex.Y, exact)
+        lo, hi = max(lo, a), max(hi, b)
+    return lo, hi
+
+
+def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[Attempt]:
+    """Attach the exact-model enclosure to every numerically solved attempt (others unchanged)."""
+    out = []
+    for a in attempts:
+        if a.solved:
+            method = get_method(a.method, **a.options)
+            a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter))
+        out.append(a)
+    return out
 
 
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
@@ -223,6 +261,9 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                     n_params = method.param_count(group.spec, size)
                     per = bytes_per_problem(group.spec, len(inst0.dataset), inst0.n_tokens, inst0.n_targets,
                                             n_params, size)
+                    if per > budget:
+                        raise InputError(f"{method.size_name} {size}", f"{per / 2**20:.0f} MB per problem",
+                                         f"a size whose problem fits in --max-memory {config.max_memory_mb} MB")
                     chunk = max(1, budget // per)
                     for ci, start in enumerate(range(0, len(rows), chunk)):
                         part = rows[start:start + chunk]
@@ -239,7 +280,8 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                             key = (inst_index, size)
                             if key not in best or loss < best[key].best_loss:
                                 best[key] = Attempt(inst_index, config.method, size, n_params, loss, err,
-                                                    err <= config.tolerance, adapter, dict(config.options))
+                                                    err <= config.tolerance, adapter, dict(config.options),
+                                                    tolerance=config.tolerance)
             pending = {key for key in pending if not best[key].solved}
         _finish(instances, groups, method, config, device, best, pending)
     finally:

@@ -13,9 +13,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from peftaudit.instance import Instance, to_dict
+from peftaudit.instance import Instance, digest, to_dict
 
-from .check import CERT_FORMAT, check_certificate
+from ..checkers import CERT_FORMAT, check_certificate
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .rational import frac_str, matmul, positive_definite, qmat, sqrt_bounds, transpose
 
@@ -123,8 +123,15 @@ def encoded_inputs(inst: Instance) -> np.ndarray:
 
 
 def input_radius(inst: Instance) -> Fraction:
-    """r0 >= every encoded input token's 2-norm."""
-    return max(_norm_upper(x) for ex in encoded_inputs(inst) for x in ex)
+    """r0 >= every encoded input token's 2-norm, with the encoding added in exact arithmetic
+    (a float sum can round below the exact token the certificate speaks about)."""
+    E = qmat(inst.weights["positional"]) if inst.spec.positions else None
+    best = Fraction(0)
+    for ex in inst.dataset:
+        for t, x in enumerate(qmat(ex.X)):
+            token = [a + b for a, b in zip(x, E[t])] if E is not None else x
+            best = max(best, sum((v * v for v in token), Fraction(0)))
+    return upper_sqrt(best)
 
 
 def noninvertible_pair(inst: Instance) -> tuple[int, int] | None:
@@ -241,9 +248,10 @@ def certify_m(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, bound: float
         return CertifyResult("M", "not-certified", f"the {'joint ' if encoder and len(bounds) > 1 else ''}lower Lipschitz chain fails "
                              f"at {where} (alpha={[round(float(a), 4) for a in ch.alphas]}, kappa="
                              f"{[round(float(k), 4) for k in ch.kappas]})", best_error=None)
-    cert = {"format": CERT_FORMAT, "claim": "M", "instance": to_dict(inst), "pair": [i, j], "B": frac_str(B),
+    cert = {"format": CERT_FORMAT, "claim": "M", "instance": to_dict(inst),
+            "instance_sha256": digest(inst), "pair": [i, j], "B": frac_str(B),
             "r0": frac_str(r0), "layers": [lb.to_json() for lb in bounds], "D": frac_str(D), "t": frac_str(t),
-            "margin": frac_str(margin), "info": info}
+            "margin": frac_str(margin), "uncertified": info}
     verdict = check_certificate(cert)
     if not verdict.valid:
         return CertifyResult("M", "unknown", f"exact check failed: {verdict.reason}")

@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from peftaudit.instance import Instance, to_dict
+from peftaudit.instance import Instance, digest, to_dict
 
-from .check import CERT_FORMAT, check_certificate
+from ..checkers import CERT_FORMAT, check_certificate
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
 from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
@@ -86,10 +86,11 @@ def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyR
         return CertifyResult("L2", "not-certified", f"sigma_min([c, a]) gives no margin above {tolerance:g} "
                              f"(lower bound {float(s - r):.3g}, N={N})", best_error=float(max(delta, 0)))
     enc = lambda v: frac_str(v) if isinstance(v, Fraction) else [enc(x) for x in v]  # noqa: E731
-    cert = {"format": CERT_FORMAT, "claim": "L2", "instance": to_dict(inst), "positions": [list(p) for p in positions],
+    cert = {"format": CERT_FORMAT, "claim": "L2", "instance": to_dict(inst),
+            "instance_sha256": digest(inst), "positions": [list(p) for p in positions],
             "data": [{k: enc(v) for k, v in row.items()} for row in data],
             "mu": enc(mu), "s": enc(s), "r": enc(r), "t": enc(t), "delta": enc(delta), "margin": enc(margin),
-            "info": {"N": N, "prompt_params_needed": N * d}}
+            "uncertified": {"N": N, "prompt_params_needed": N * d}}
     verdict = check_certificate(cert)
     if not verdict.valid:
         return CertifyResult("L2", "unknown", f"exact check failed: {verdict.reason}")

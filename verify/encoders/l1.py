@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linprog
 
-from peftaudit.instance import Instance, to_dict
+from peftaudit.instance import Instance, digest, to_dict
 
-from .check import CERT_FORMAT, check_certificate
+from ..checkers import CERT_FORMAT, check_certificate
 from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
 from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
 from .softmax_bounds import softmax_enclosure, sum_exp_enclosure
@@ -285,18 +285,19 @@ def _repair(data: _Data, sol: np.ndarray, shared: bool, piece: "Piece | None" = 
         n = K * per + 3
         for j, name in enumerate(("Zhi", "Zlo", "Sig")):
             if piece[j] is not None:
-                extras[name] = q(sol[n - 3 + j])
+                extras[name] = max(Fraction(0), q(sol[n - 3 + j]))
         offset = extras.get("Zhi", Fraction(0)) - extras.get("Zlo", Fraction(0))
         if offset and data.g is None:
             return ys, [], [], extras, Fraction(-1)
     g = data.g if offset else [Fraction(0)] * d
     ys[-1] = [-sum((ys[i][k] for i in range(K - 1)), Fraction(0)) - g[k] * offset for k in range(d)]
-    mh = [q(sol[i * per + 2 * d]) for i in range(K)] if shared else []
-    ml = [q(sol[i * per + 2 * d + 1]) for i in range(K)] if shared else []
+    # HiGHS may return multipliers a hair below zero: inequality multipliers are clamped to >= 0
+    mh = [max(Fraction(0), q(sol[i * per + 2 * d])) for i in range(K)] if shared else []
+    ml = [max(Fraction(0), q(sol[i * per + 2 * d + 1])) for i in range(K)] if shared else []
     if shared:
         give = sum((data.S_hi[i] * mh[i] for i in range(K)), Fraction(0))
         take = sum((data.S_lo[i] * ml[i] for i in range(K)), Fraction(0)) + extras.get("Sig", Fraction(0))
-        if take < give:  # shrink mh so that the sigma multiplier N stays >= 0
+        if take < give:  # shrink mh so that the sigma multiplier N stays >= 0 (give > take >= 0 here)
             mh = [m * take / give for m in mh]
     bound: Fraction | None = None
     total_c, total_norm = Fraction(0), Fraction(0)
@@ -384,9 +385,10 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
         if claim == "L1+":
             entry.update(S_lo=data.S_lo[i], S_hi=data.S_hi[i])
         entries.append(entry)
-    cert = {"format": CERT_FORMAT, "claim": claim, "instance": to_dict(inst), "members": list(data.members),
+    cert = {"format": CERT_FORMAT, "claim": claim, "instance": to_dict(inst),
+            "instance_sha256": digest(inst), "members": list(data.members),
             "delta": delta, "margin": margin, "data": entries,
-            "info": {"tolerance": tolerance, "kappa": float(data.kappa), "residual": float(data.residual),
+            "uncertified": {"tolerance": tolerance, "kappa": float(data.kappa), "residual": float(data.residual),
                      "margin_float": float(margin), "delta_float": float(delta)}}
     if claim == "L1+":
         cert["logit_shift"] = data.shift

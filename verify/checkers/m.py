@@ -36,17 +36,10 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from .check import CheckResult, MalformedCertificate, _get, _mat, _rat, _vec
-from .check_l2 import _positive_definite
-
-
-def _mul(A: list[list[Fraction]], B: list[list[Fraction]]) -> list[list[Fraction]]:
-    cols = list(zip(*B))
-    return [[sum((a * b for a, b in zip(row, col)), Fraction(0)) for col in cols] for row in A]
-
-
-def _transpose(A: list[list[Fraction]]) -> list[list[Fraction]]:
-    return [list(c) for c in zip(*A)]
+from .exact import get, mul, positive_definite, sq, transpose
+from .instance import Instance, Layer
+from .reading import MalformedCertificate, rational
+from .result import CheckResult
 
 
 def _norm_is_bounded(M: list[list[Fraction]], s: Fraction) -> bool:
@@ -55,94 +48,68 @@ def _norm_is_bounded(M: list[list[Fraction]], s: Fraction) -> bool:
         return False
     if not any(x for row in M for x in row):
         return True
-    rows = M if len(M) <= len(M[0]) else _transpose(M)
-    return _positive_definite([[(s * s if i == j else 0) - sum((a * b for a, b in zip(r1, r2)), Fraction(0))
-                                for j, r2 in enumerate(rows)] for i, r1 in enumerate(rows)])
+    rows = M if len(M) <= len(M[0]) else transpose(M)
+    return positive_definite([[(s * s if i == j else 0) - sum((a * b for a, b in zip(r1, r2)), Fraction(0))
+                               for j, r2 in enumerate(rows)] for i, r1 in enumerate(rows)])
 
 
-def _sq(v: list[Fraction]) -> Fraction:
-    return sum((x * x for x in v), Fraction(0))
-
-
-def _layer(layer: Any, li: int, d: int, bounds: Any) -> tuple[list[Fraction], list[Fraction], Fraction, Fraction,
-                                                               Fraction, Fraction] | str:
+def _layer(layer: Layer, li: int, bounds: Any) -> tuple[list[Fraction], list[Fraction], Fraction, Fraction,
+                                                        Fraction, Fraction] | str:
     """Re-prove one layer's claimed norm bounds; returns (sV, sA, sW1, sW2, rb1, rb2) or a reason."""
     where = f"layers[{li}]"
-    heads = _get(layer, "heads", where)
-    sV = [_rat(x, f"{where}.sV") for x in _get(bounds, "sV", where)]
-    sA = [_rat(x, f"{where}.sA") for x in _get(bounds, "sA", where)]
-    if not isinstance(heads, list) or not heads or len(sV) != len(heads) or len(sA) != len(heads):
+    sV_doc, sA_doc = get(bounds, "sV", where), get(bounds, "sA", where)
+    if not (isinstance(sV_doc, list) and isinstance(sA_doc, list)
+            and len(sV_doc) == len(sA_doc) == len(layer.heads)):
         raise MalformedCertificate(f"{where}: one sV and one sA per head expected")
-    for h, head in enumerate(heads):
-        Wq = _mat(_get(head, "Wq", where), f"{where}.heads[{h}].Wq", d)
-        Wk = _mat(_get(head, "Wk", where), f"{where}.heads[{h}].Wk", d)
-        V = _mat(_get(head, "Wv", where), f"{where}.heads[{h}].Wv", d)
-        if "Wo" in head:
-            V = _mul(_mat(head["Wo"], f"{where}.heads[{h}].Wo", len(V)), V)
-        if len(Wq) != len(Wk) or len(V) != d:
-            return f"{where}.heads[{h}]: shapes do not fit"
-        if not _norm_is_bounded(V, sV[h]):
+    sV = [rational(x, f"{where}.sV") for x in sV_doc]
+    sA = [rational(x, f"{where}.sA") for x in sA_doc]
+    for h, head in enumerate(layer.heads):
+        if not _norm_is_bounded(head.V, sV[h]):
             return f"{where}.heads[{h}]: ||V|| <= {float(sV[h]):.6g} is not proved"
-        if not _norm_is_bounded(_mul(_transpose(Wk), Wq), sA[h]):
+        if not _norm_is_bounded(mul(transpose(head.Wk), head.Wq), sA[h]):
             return f"{where}.heads[{h}]: ||Wk^T Wq|| <= {float(sA[h]):.6g} is not proved"
-    W1 = _mat(_get(layer, "W1", where), f"{where}.W1", d)
-    W2 = _mat(_get(layer, "W2", where), f"{where}.W2", len(W1))
-    b1 = _vec(_get(layer, "b1", where), f"{where}.b1", len(W1))
-    b2 = _vec(_get(layer, "b2", where), f"{where}.b2", d)
-    sW1, sW2, rb1, rb2 = (_rat(_get(bounds, k, where), f"{where}.{k}") for k in ("sW1", "sW2", "rb1", "rb2"))
-    if len(W2) != d:
-        return f"{where}: W2 is not d x hidden"
-    if not (_norm_is_bounded(W1, sW1) and _norm_is_bounded(W2, sW2)):
+    sW1, sW2, rb1, rb2 = (rational(get(bounds, k, where), f"{where}.{k}") for k in ("sW1", "sW2", "rb1", "rb2"))
+    if not (_norm_is_bounded(layer.W1, sW1) and _norm_is_bounded(layer.W2, sW2)):
         return f"{where}: the MLP norm bounds are not proved"
-    if not (rb1 >= 0 and rb2 >= 0 and rb1 * rb1 >= _sq(b1) and rb2 * rb2 >= _sq(b2)):
+    if not (rb1 >= 0 and rb2 >= 0 and rb1 * rb1 >= sq(layer.b1) and rb2 * rb2 >= sq(layer.b2)):
         return f"{where}: the bias norm bounds are not proved"
     return sV, sA, sW1, sW2, rb1, rb2
 
 
-def check_m(cert: dict) -> CheckResult:
-    inst = _get(cert, "instance", "certificate")
-    model = _get(inst, "model", "instance")
-    d = _get(model, "d", "instance.model")
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise MalformedCertificate(f"instance.model.d: expected a positive integer, got {d!r}")
-    if model.get("layernorm", False):
+def check_m(cert: dict, inst: Instance) -> CheckResult:
+    """Re-verify an M certificate against its (validated) embedded instance."""
+    d = inst.d
+    if inst.layernorm:
         return CheckResult(False, "M's bounds assume no layer norm")
-    if model.get("mlp", "residual") != "residual":
+    if inst.mlp != "residual":
         return CheckResult(False, "M's margin needs residual MLPs")
-    encoder = model.get("attention", "encoder") == "encoder"
-    layers = _get(model, "layers", "instance.model")
-    claimed_layers = _get(cert, "layers", "certificate")
-    if not isinstance(layers, list) or not layers or not isinstance(claimed_layers, list) \
-            or len(claimed_layers) != len(layers):
+    if any(len(head.V) != d for layer in inst.layers for head in layer.heads):
+        return CheckResult(False, "a head's value map is not d x d")
+    encoder = inst.attention == "encoder"
+    claimed_layers = get(cert, "layers", "certificate")
+    if not isinstance(claimed_layers, list) or len(claimed_layers) != len(inst.layers):
         raise MalformedCertificate("layers: one bound record per model layer expected")
-    dataset = _get(inst, "dataset", "instance")
-    pair = _get(cert, "pair", "certificate")
+    pair = get(cert, "pair", "certificate")
     if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                                 and 0 <= i < len(dataset) for i in pair)
+                                                                 and 0 <= i < len(inst.dataset) for i in pair)
             or pair[0] == pair[1]):
         raise MalformedCertificate("pair: expected two distinct example indices")
-    X = [_mat(_get(dataset[i], "X", "dataset"), f"dataset[{i}].X", d) for i in pair]
-    Y = [_mat(_get(dataset[i], "Y", "dataset"), f"dataset[{i}].Y", d) for i in pair]
+    X = [inst.encoded(inst.dataset[i][0]) for i in pair]
+    Y = [inst.dataset[i][1] for i in pair]
     if len(X[0]) != len(X[1]) or Y[0] != Y[1] or len(Y[0]) != len(X[0]):
         return CheckResult(False, "the pair needs equal lengths, equal targets, and targets at every position")
-    pos = model.get("positional")
-    if pos is not None:
-        E = _mat(pos, "positional", d)
-        if len(E) < len(X[0]):
-            return CheckResult(False, "positional encoding shorter than the inputs")
-        X = [[[a + b for a, b in zip(x, e)] for x, e in zip(seq, E)] for seq in X]
-    B, r0, D, t = (_rat(_get(cert, k, "certificate"), k) for k in ("B", "r0", "D", "t"))
-    claimed = _rat(_get(cert, "margin", "certificate"), "margin")
+    B, r0, D, t = (rational(get(cert, k, "certificate"), k) for k in ("B", "r0", "D", "t"))
+    claimed = rational(get(cert, "margin", "certificate"), "margin")
     if not (B > 0 and r0 >= 0 and D > 0 and t > 0 and t * t * d <= 1):
         return CheckResult(False, "B, r0, D, t are not consistent")
-    if any(r0 * r0 < _sq(x) for seq in X for x in seq):
+    if any(r0 * r0 < sq(x) for seq in X for x in seq):
         return CheckResult(False, "r0 does not bound the input tokens' norms")
-    if D * D > max(_sq([a - b for a, b in zip(x1, x2)]) for x1, x2 in zip(*X)):
+    if D * D > max(sq([a - b for a, b in zip(x1, x2)]) for x1, x2 in zip(*X)):
         return CheckResult(False, "D exceeds the inputs' distance")
     radius = max(r0, B)
     lam, rho, up = Fraction(1), Fraction(0), Fraction(1)
-    for li, (layer, bounds) in enumerate(zip(layers, claimed_layers)):
-        proved = _layer(layer, li, d, bounds)
+    for li, (layer, bounds) in enumerate(zip(inst.layers, claimed_layers)):
+        proved = _layer(layer, li, bounds)
         if isinstance(proved, str):
             return CheckResult(False, proved)
         sV, sA, sW1, sW2, rb1, rb2 = proved

@@ -34,7 +34,13 @@ class _Budget:
         return _dual_lp(data, delta, True, piece)
 
 
-def _cap(data: _Data, z_lo: Fraction) -> Fraction:
+CAP_EXPONENT = 700  # exp beyond this is no usable bound in a float LP (and dropping it is sound)
+
+
+def _cap(data: _Data, z_lo: Fraction) -> Fraction | None:
+    """An upper bound on exp(shift - z_lo), or None where it is too large to help (no bound)."""
+    if data.shift - z_lo > CAP_EXPONENT:
+        return None
     return exp_enclosure(data.shift - z_lo)[1]
 
 

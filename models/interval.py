@@ -1,0 +1,205 @@
+"""A rigorous enclosure of the exact model's outputs, with mpmath interval arithmetic.
+
+The model is defined in exact real arithmetic over the instance's binary64 numbers; float64 is
+an approximation of it. This evaluates the same forward as models/transformer.py (attention
+with optional prefix keys and values, the MLP, positional encoding, layer norm) on intervals
+(`mpmath.iv`, outward rounding at PRECISION bits), so each output coordinate of the exact model
+lies in the returned interval. A replay that decides a verdict uses the upper end of the
+enclosed max error (`max_error_enclosure`), never the float64 figure alone.
+
+Adapters enter as the exact model defines them: prompt tokens prepended, prefix keys/values per
+layer, low-rank updates W + B A and full updates W + D computed in intervals (never rounded).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterator, Mapping
+
+import numpy as np
+from mpmath import iv
+
+from peftaudit.models.spec import ModelSpec
+from peftaudit.models.transformer import LAYERNORM_EPS
+
+PRECISION = 96   # bits of the interval endpoints: far beyond float64, cheap enough in Python
+
+IVec = list
+IMat = list
+
+
+@dataclass(frozen=True)
+class ExactAdapter:
+    """How an adapter enters the exact model (every field optional)."""
+    prompt: np.ndarray | None = None                                     # (m_p, d), prepended
+    prefix: Mapping[str, np.ndarray] = field(default_factory=dict)      # layer/head keys as in the forward
+    low_rank: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (B, A)
+    delta: Mapping[str, np.ndarray] = field(default_factory=dict)       # name -> D, W + D
+
+
+@contextmanager
+def _precision(bits: int) -> Iterator[None]:
+    """Work at `bits` in mpmath's (global) interval context, then restore what was there."""
+    old = iv.prec
+    iv.prec = bits
+    try:
+        yield
+    finally:
+        iv.prec = old
+
+
+def ends(x) -> tuple[Fraction, Fraction]:
+    """The exact rational endpoints of an mpmath interval."""
+    def frac(raw: tuple) -> Fraction:
+        sign, man, exp, _ = raw
+        value = Fraction(man) * (Fraction(2) ** exp)
+        return -value if sign else value
+    lo, hi = x._mpi_
+    return frac(lo), frac(hi)
+
+
+def _iv(x: float):
+    return iv.mpf(float(x))  # a binary64 value is exact at PRECISION >= 53
+
+
+def _imat(a: np.ndarray) -> IMat:
+    return [[_iv(x) for x in row] for row in np.atleast_2d(np.asarray(a, dtype=np.float64))]
+
+
+def _matvec(M: IMat, x: IVec) -> IVec:
+    return [iv.fsum(m * xi for m, xi in zip(row, x)) for row in M]
+
+
+def _matmul(A: IMat, B: IMat) -> IMat:
+    cols = list(zip(*B))
+    return [[iv.fsum(a * b for a, b in zip(row, col)) for col in cols] for row in A]
+
+
+def _add(A: IMat, B: IMat) -> IMat:
+    return [[a + b for a, b in zip(r, s)] for r, s in zip(A, B)]
+
+
+def _softmax(logits: IVec) -> IVec:
+    """Enclosure of softmax: w_j = 1 / sum_k exp(l_k - l_j), each exp enclosed."""
+    out = []
+    for lj in logits:
+        total = iv.fsum(iv.exp(lk - lj) for lk in logits)
+        out.append(1 / total)
+    return out
+
+
+def _relu(x):
+    lo, hi = ends(x)
+    if lo >= 0:
+        return x
+    if hi <= 0:
+        return iv.mpf(0)
+    return iv.mpf([0, x.b])
+
+
+def _layernorm(h: IVec) -> IVec:
+    n = len(h)
+    mean = iv.fsum(h) / n
+    centred = [x - mean for x in h]
+    var = iv.fsum(c * c for c in centred) / n
+    scale = 1 / iv.sqrt(var + iv.mpf(LAYERNORM_EPS))
+    return [c * scale for c in centred]
+
+
+def _weights(spec: ModelSpec, weights: Mapping[str, np.ndarray], adapter: ExactAdapter) -> dict[str, IMat]:
+    W = {}
+    for name, w in weights.items():
+        W[name] = _imat(w) if np.ndim(w) == 2 else [_iv(x) for x in np.asarray(w, dtype=np.float64)]
+    for name, (B, A) in adapter.low_rank.items():
+        W[name] = _add(W[name], _matmul(_imat(B), _imat(A)))
+    for name, D in adapter.delta.items():
+        W[name] = _add(W[name], _imat(D)) if np.ndim(D) == 2 else [w + _iv(x) for w, x in zip(W[name], D)]
+    return W
+
+
+def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.ndarray,
+                    adapter: ExactAdapter = ExactAdapter()) -> list[IVec]:
+    """Intervals enclosing the exact model's final states of the n input positions of X (n, d)."""
+    with _precision(PRECISION):
+        W = _weights(spec, weights, adapter)
+        tokens = [[_iv(x) for x in row] for row in X]
+        if spec.positions:
+            tokens = [[a + b for a, b in zip(tok, W["positional"][i])] for i, tok in enumerate(tokens)]
+        m_p = 0
+        if adapter.prompt is not None:
+            prompt = [[_iv(x) for x in row] for row in adapter.prompt]
+            m_p = len(prompt)
+            tokens = prompt + tokens
+        for li, layer in enumerate(spec.layers):
+            heads = []
+            for hi, head in enumerate(layer.heads):
+                p = f"layers.{li}.heads.{hi}."
+                keys = [_matvec(W[p + "Wk"], z) for z in tokens]
+                values = [_matvec(W[p + "Wv"], z) for z in tokens]
+                pk, pv = _prefix(adapter, W, li, hi)
+                heads.append((p, head.has_wo, pk, pv, keys, values))
+            new_tokens = []
+            for t, query in enumerate(tokens):
+                att = [iv.mpf(0)] * spec.d
+                for p, has_wo, pk, pv, keys, values in heads:
+                    visible = slice(None) if spec.attention == "encoder" else slice(0, t + 1)
+                    ks, vs = pk + keys[visible], pv + values[visible]
+                    q = _matvec(W[p + "Wq"], query)
+                    s = _softmax([iv.fsum(a * b for a, b in zip(k, q)) for k in ks])
+                    mix = [iv.fsum(si * v[j] for si, v in zip(s, vs)) for j in range(len(vs[0]))]
+                    out = _matvec(W[p + "Wo"], mix) if has_wo else mix
+                    att = [a + b for a, b in zip(att, out)]
+                h = [a + b for a, b in zip(query, att)]
+                if spec.layernorm:
+                    h = _layernorm(h)
+                new_tokens.append(_mlp(spec, W, li, h))
+            tokens = new_tokens
+        return tokens[m_p:]
+
+
+def _prefix(adapter: ExactAdapter, W: Mapping[str, IMat], layer: int, head: int) -> tuple[list, list]:
+    """Prefix keys and values of one head: free vectors, or states through Wk and Wv."""
+    p = f"layers.{layer}.heads.{head}."
+    if p + "K" in adapter.prefix:
+        return ([[_iv(x) for x in row] for row in adapter.prefix[p + "K"]],
+                [[_iv(x) for x in row] for row in adapter.prefix[p + "V"]])
+    states = adapter.prefix.get(f"layers.{layer}.states")
+    if states is None:
+        return [], []
+    S = [[_iv(x) for x in row] for row in states]
+    return [_matvec(W[p + "Wk"], s) for s in S], [_matvec(W[p + "Wv"], s) for s in S]
+
+
+def _mlp(spec: ModelSpec, W: Mapping[str, IMat], layer: int, h: IVec) -> IVec:
+    p = f"layers.{layer}."
+    hidden = [_relu(a + b) for a, b in zip(_matvec(W[p + "W1"], h), W[p + "b1"])]
+    branch = [a + b for a, b in zip(_matvec(W[p + "W2"], hidden), W[p + "b2"])]
+    return [a + b for a, b in zip(h, branch)] if spec.mlp == "residual" else branch
+
+
+def max_error_enclosure(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.ndarray, Y: np.ndarray,
+                        adapter: ExactAdapter = ExactAdapter()) -> tuple[float, float]:
+    """(lo, hi) floats with lo <= max |out(X)[last k] - Y| <= hi for the exact model (outward rounded)."""
+    with _precision(PRECISION):
+        outs = enclose_outputs(spec, weights, X, adapter)[len(X) - len(Y):]
+        lo = hi = Fraction(0)
+        for row, target in zip(outs, Y):
+            for o, y in zip(row, target):
+                a, b = ends(o - _iv(y))
+                lo = max(lo, Fraction(0) if a <= 0 <= b else min(abs(a), abs(b)))
+                hi = max(hi, abs(a), abs(b))
+    return round_down(lo), round_up(hi)
+
+
+def round_up(x: Fraction) -> float:
+    """The least float >= x."""
+    f = float(x)
+    return f if Fraction(f) >= x else float(np.nextafter(f, np.inf))
+
+
+def round_down(x: Fraction) -> float:
+    """The greatest float <= x."""
+    f = float(x)
+    return f if Fraction(f) <= x else float(np.nextafter(f, -np.inf))
