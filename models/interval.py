@@ -60,6 +60,11 @@ def ends(x) -> tuple[Fraction, Fraction]:
     return frac(lo), frac(hi)
 
 
+def _rational(x: Fraction):
+    """An interval enclosing a rational."""
+    return iv.mpf(x.numerator) / iv.mpf(x.denominator)
+
+
 def _iv(x: float):
     return iv.mpf(float(x))  # a binary64 value is exact at PRECISION >= 53
 
@@ -81,12 +86,41 @@ def _add(A: IMat, B: IMat) -> IMat:
     return [[a + b for a, b in zip(r, s)] for r, s in zip(A, B)]
 
 
+EXP_CAP = 10_000  # exp arguments beyond +-EXP_CAP are bounded by monotonicity, never evaluated
+
+
 def _softmax(logits: IVec) -> IVec:
-    """Enclosure of softmax: w_j = 1 / sum_k exp(l_k - l_j), each exp enclosed."""
+    """Enclosure of softmax: w_j = 1 / sum_k exp(l_k - l_j), each exp enclosed.
+
+    Differences far outside [-EXP_CAP, EXP_CAP] are bounded by monotonicity, so a huge logit costs
+    nothing: a term with argument below -EXP_CAP lies in [0, exp(-EXP_CAP)], and a term whose
+    argument may exceed EXP_CAP makes w_j <= 1 / exp(lower end), w_j >= 0."""
+    cap = iv.mpf(EXP_CAP)
+    tiny = iv.exp(-cap).b
     out = []
     for lj in logits:
-        total = iv.fsum(iv.exp(lk - lj) for lk in logits)
-        out.append(1 / total)
+        terms, unbounded_below = [], None
+        for lk in logits:
+            if lk is lj:  # exp(l_j - l_j) = 1 exactly (interval subtraction would widen it)
+                terms.append(iv.mpf(1))
+                continue
+            arg = lk - lj
+            lo, hi = ends(arg)
+            if hi > EXP_CAP:
+                unbounded_below = min(lo, unbounded_below) if unbounded_below is not None else lo
+            elif hi < -EXP_CAP:
+                terms.append(iv.mpf([0, tiny]))
+            elif lo < -EXP_CAP:
+                terms.append(iv.mpf([0, iv.exp(_rational(hi)).b]))
+            else:
+                terms.append(iv.exp(arg))
+        if unbounded_below is not None and unbounded_below <= 0:  # a weight is always in [0, 1]
+            out.append(iv.mpf([0, 1]))
+        elif unbounded_below is not None:  # the sum is at least exp(lo) of that term
+            floor = iv.exp(_rational(min(unbounded_below, Fraction(EXP_CAP)))).a
+            out.append(iv.mpf([0, (1 / floor).b]))
+        else:
+            out.append(1 / iv.fsum(terms))
     return out
 
 

@@ -397,11 +397,11 @@ def _safetensors_arrays(path: Path) -> tuple[str, dict[str, np.ndarray]]:
 def load(path: str | Path) -> Instance:
     """Read and validate an instance file; raises InputError (nothing partly loaded)."""
     path = Path(path)
+    jsonio.regular_file(path, "instance", jsonio.MAX_JSON_BYTES if path.suffix == ".json" else MAX_BINARY_BYTES)
     if path.suffix == ".json":
         return from_dict(jsonio.load(path, "instance"))
     if path.suffix not in (".npz", ".safetensors"):
         raise InputError("instance", str(path), "a file name ending in .json, .npz or .safetensors")
-    jsonio.regular_file(path, "instance", MAX_BINARY_BYTES)
     try:
         if path.suffix == ".npz":
             arrays = _npz_arrays(path)
