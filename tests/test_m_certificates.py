@@ -273,3 +273,16 @@ def test_planted_m_instances_are_never_certified_at_their_planted_norm(inst):
     out = model_outputs(inst.spec, inst.weights, inst.inputs(), planted)
     assert np.abs(out - inst.targets()).max() < 1e-10
     assert certify_m(inst, bound=inst.meta["planted"]["norm"] * (1 + 1e-9)).status != "certified"
+
+
+def test_m_certifies_with_a_positional_encoding_what_it_certifies_without():
+    """r0 is bounded with the encoding added in exact arithmetic (a float sum can round below it)."""
+    from peftaudit.instance import to_dict
+    for seed in range(4):
+        inst = build.m_invertible_instance(np.random.default_rng(seed), 4, layers=1)
+        doc = to_dict(inst)
+        doc["model"]["positional"] = (0.05 * np.random.default_rng(100 + seed).normal(
+            size=(inst.n_tokens, 4))).tolist()
+        plain, encoded = certify_m(inst), certify_m(from_dict(doc))
+        assert plain.status == "certified" and encoded.status == "certified", encoded.reason
+        assert check_certificate(encoded.certificate).valid

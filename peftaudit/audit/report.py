@@ -274,7 +274,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
                         save_instance(o.instances[a.instance], tmp / "counterexamples" / f"{stem}.instance.json")
                         save_adapter(tmp / "counterexamples" / f"{stem}.adapter.json", o.instances[a.instance],
                                      a.method, a.options, a.size, a.adapter,
-                                     replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error))
+                                     replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error), claim=o.claim.id)
                         c["counterexamples"].append({
                             "instance": a.instance, "method": a.method, "size": a.size,
                             "max_abs_error": a.max_abs_error, "exact_max_error": list(a.exact_max_error),

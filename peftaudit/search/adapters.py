@@ -15,13 +15,15 @@ from peftaudit.instance import LIMITS, MAX_ARRAY_ELEMENTS, Instance, atomic_writ
 from peftaudit.models.methods import get_method
 
 ADAPTER_FORMAT = "peftaudit.adapter/1"
-ADAPTER_KEYS = {"format", "method", "options", "size", "instance_sha256", "replayed", "tensors"}
+ADAPTER_KEYS = {"format", "claim", "method", "options", "size", "instance_sha256", "replayed", "tensors"}
 MAX_ADAPTER_BYTES = 64 * 2**20
 
 
 def save_adapter(path: str | Path, inst: Instance, method: str, options: dict, size: int,
-                 tensors: dict[str, np.ndarray], replayed: dict) -> None:
-    doc = {"format": ADAPTER_FORMAT, "method": method, "options": options, "size": size,
+                 tensors: dict[str, np.ndarray], replayed: dict, claim: str | None = None) -> None:
+    """Write an adapter bound to its instance (SHA-256) and, for a counterexample, to its claim."""
+    doc = {"format": ADAPTER_FORMAT, **({"claim": claim} if claim else {}), "method": method, "options": options,
+           "size": size,
            "instance_sha256": digest(inst), "replayed": replayed,
            "tensors": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in tensors.items()}}
     atomic_write_bytes(Path(path), (json.dumps(doc) + "\n").encode())
