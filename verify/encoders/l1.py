@@ -19,7 +19,8 @@ from scipy.optimize import linprog
 
 from peftaudit.instance import Instance, digest, to_dict
 
-from ..checkers import CERT_FORMAT, check_certificate
+from ..checkers import CERT_FORMAT
+from .selfcheck import self_check
 from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
 from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
 from .softmax_bounds import softmax_enclosure, sum_exp_enclosure
@@ -431,7 +432,7 @@ def _certify_with_normaliser(inst: Instance, data: _Data, plain: CertifyResult,
     if float(margin) <= tolerance or (plain.margin is not None and margin <= plain.margin):
         return None
     cert = _certificate(inst, "L1+", data, delta, margin, None, tolerance, pieces)
-    if not check_certificate(cert).valid:
+    if not self_check(cert).valid:
         return None
     return CertifyResult("L1+", "certified",
                          f"no prompt of any length gets the last-token error below {float(margin):.6g} "
@@ -452,7 +453,7 @@ def _exact_certificate(inst: Instance, claim: str, data: _Data, sol: np.ndarray,
         return None
     cert = _certificate(inst, claim, data, delta, margin, _multipliers_from(data, ys, mh, ml, delta, shared),
                         tolerance)
-    return cert if check_certificate(cert).valid else None
+    return cert if self_check(cert).valid else None
 
 
 def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, timeout_ms: int) -> CertifyResult:
@@ -492,7 +493,7 @@ def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, ti
             return CertifyResult(claim, "unknown", "no exact multipliers: the float LP's did not survive exact "
                                  "arithmetic and z3 timed out", best_error=best, members=data.members)
         cert = _certificate(inst, claim, data, delta, margin, mult, tolerance)
-        result = check_certificate(cert)
+        result = self_check(cert)
         if not result.valid:
             return CertifyResult(claim, "unknown", f"exact check failed: {result.reason}", best_error=best,
                                  members=data.members)

@@ -15,7 +15,8 @@ import numpy as np
 
 from peftaudit.instance import Instance, digest, to_dict
 
-from ..checkers import CERT_FORMAT, check_certificate
+from ..checkers import CERT_FORMAT
+from .selfcheck import self_check
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .rational import frac_str, matmul, positive_definite, qmat, sqrt_bounds, transpose
 
@@ -252,7 +253,7 @@ def certify_m(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, bound: float
             "instance_sha256": digest(inst), "pair": [i, j], "B": frac_str(B),
             "r0": frac_str(r0), "layers": [lb.to_json() for lb in bounds], "D": frac_str(D), "t": frac_str(t),
             "margin": frac_str(margin), "uncertified": info}
-    verdict = check_certificate(cert)
+    verdict = self_check(cert)
     if not verdict.valid:
         return CertifyResult("M", "unknown", f"exact check failed: {verdict.reason}")
     return CertifyResult("M", "certified", f"every prompt with token norms <= {float(B):g} keeps a max error >= "
