@@ -1,0 +1,167 @@
+"""Time to solution: `search()` against what a user would pick instead, on the same instances.
+
+Run by hand: `python benchmarks/search_vs_least_squares.py [--family prompt|lora] [--d 4,8,16]
+[--problems 64] [--restarts 4] [--repeats 3] [--adam-steps 2000]`. For each d, the same planted
+instances (memorizable by construction) go to three solvers, interleaved (the order alternates
+each repeat), and one float64 replay decides "solved" for all of them (max error <= 1e-8):
+
+- `search`: the batched engine on all instances at once (the quick profile's budget);
+- `least_squares`: scipy's MINPACK Levenberg-Marquardt per instance in a Python loop (method "lm",
+  tight tolerances, the Jacobian from torch autograd), up to R restarts, stopping at the first
+  solved restart;
+- `adam`: a per-instance Adam loop in the paper's style (lr 0.1), up to R restarts, stopping early
+  once the replay would pass.
+
+Prints a table of median wall times, recalls and ratios, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def _instances(family: str, d: int, count: int, seed: int):
+    from peftaudit.strategies.instances import planted_lora_instance, planted_prompt_instance
+
+    rng = np.random.default_rng([seed, d])
+    if family == "prompt":
+        return [planted_prompt_instance(rng, d, 2) for _ in range(count)], "prompt", {}, 2
+    return [planted_lora_instance(rng, d, 1) for _ in range(count)], "lora", {"targets": "v"}, 1
+
+
+def _one_problem(method, inst, size):
+    """Residual and Jacobian of one instance as functions of a flat float64 vector."""
+    from peftaudit.models.transformer import to_torch
+
+    W = to_torch(inst.weights)
+    X = torch.as_tensor(inst.inputs(), dtype=torch.float64)[None]
+    Y = torch.as_tensor(inst.targets(), dtype=torch.float64)[None]
+    template = method.init(inst.spec, 1, size, torch.Generator().manual_seed(0))
+    shapes = {k: v.shape for k, v in template.items()}
+
+    def unflat(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, o = {}, 0
+        for k, shape in shapes.items():
+            n = int(np.prod(shape))
+            out[k] = theta[o:o + n].reshape(shape)
+            o += n
+        return out
+
+    def residual_t(theta: torch.Tensor) -> torch.Tensor:
+        out = method.outputs(inst.spec, W, unflat(theta), X)                 # (1,E,n,d)
+        return (out[:, :, out.shape[2] - Y.shape[2]:, :] - Y).reshape(-1)    # (R,)
+
+    jac = torch.func.jacfwd(residual_t)
+    return residual_t, jac, unflat, template
+
+
+def _replayed(method, inst, adapter) -> bool:
+    from peftaudit.search.engine import replay
+    return replay(method, inst, {k: v.detach().numpy()[0] for k, v in adapter.items()})[1] <= 1e-8
+
+
+def run_least_squares(insts, name, options, size, restarts):
+    from scipy.optimize import least_squares
+
+    from peftaudit.models.methods import get_method
+
+    method, solved = get_method(name, **options), 0
+    for i, inst in enumerate(insts):
+        residual_t, jac, unflat, _ = _one_problem(method, inst, size)
+        for r in range(restarts):
+            start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
+            x0 = torch.cat([v.reshape(-1) for v in start.values()]).numpy()
+            fit = least_squares(lambda x: residual_t(torch.as_tensor(x)).numpy(), x0,
+                                jac=lambda x: jac(torch.as_tensor(x)).numpy(), method="lm",
+                                xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200 * len(x0))
+            if _replayed(method, inst, unflat(torch.as_tensor(fit.x))):
+                solved += 1
+                break
+    return solved
+
+
+def run_adam(insts, name, options, size, restarts, steps):
+    from peftaudit.models.methods import get_method
+
+    method, solved = get_method(name, **options), 0
+    for i, inst in enumerate(insts):
+        residual_t, _, unflat, _ = _one_problem(method, inst, size)
+        for r in range(restarts):
+            start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
+            theta = torch.cat([v.reshape(-1) for v in start.values()]).requires_grad_(True)
+            opt = torch.optim.Adam([theta], lr=0.1)
+            for step in range(steps):
+                opt.zero_grad()
+                res = residual_t(theta)
+                if step % 50 == 0 and res.detach().abs().max() <= 1e-9:
+                    break
+                res.square().sum().backward()
+                opt.step()
+            if _replayed(method, inst, unflat(theta.detach())):
+                solved += 1
+                break
+    return solved
+
+
+def run_search(insts, name, options, size, restarts):
+    from peftaudit.search.engine import SearchConfig, search
+    from peftaudit.settings import get_profile
+
+    prof = get_profile("quick")
+    config = SearchConfig(method=name, options=options, sizes=(size,), restarts=restarts, steps=prof.steps,
+                          polish_steps=prof.polish_steps, device="cpu")
+    return sum(a.solved for a in search(insts, config, progress=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--family", choices=["prompt", "lora"], default="prompt")
+    parser.add_argument("--d", default="4,8,16")
+    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--adam-steps", type=int, default=2000)
+    parser.add_argument("--adam-problems", type=int, default=16, help="the slow Adam loop runs on the first N")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rows = []
+    for d in (int(v) for v in args.d.split(",")):
+        insts, name, options, size = _instances(args.family, d, args.problems, args.seed)
+        sides = {"search": lambda: run_search(insts, name, options, size, args.restarts),
+                 "least_squares": lambda: run_least_squares(insts, name, options, size, args.restarts),
+                 "adam": lambda: run_adam(insts[:args.adam_problems], name, options, size, args.restarts,
+                                          args.adam_steps)}
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        solved: dict[str, int] = {}
+        for rep in range(args.repeats):
+            order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+            for side in order:
+                t0 = time.perf_counter()
+                solved[side] = sides[side]()
+                times[side].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        per = {"search": med["search"] / len(insts), "least_squares": med["least_squares"] / len(insts),
+               "adam": med["adam"] / min(len(insts), args.adam_problems)}
+        row = {"d": d, "family": args.family, "problems": len(insts), "seconds_per_instance": per,
+               "recall": {"search": solved["search"] / len(insts),
+                          "least_squares": solved["least_squares"] / len(insts),
+                          "adam": solved["adam"] / min(len(insts), args.adam_problems)},
+               "search_speedup_vs_least_squares": per["least_squares"] / per["search"],
+               "search_speedup_vs_adam": per["adam"] / per["search"]}
+        rows.append(row)
+        print(f"d={d:>3} {args.family}: s/instance search {per['search']:.4f}, least_squares "
+              f"{per['least_squares']:.4f}, adam {per['adam']:.4f}; recall {row['recall']['search']:.0%} / "
+              f"{row['recall']['least_squares']:.0%} / {row['recall']['adam']:.0%}; search is "
+              f"{row['search_speedup_vs_least_squares']:.2f}x least_squares, "
+              f"{row['search_speedup_vs_adam']:.1f}x adam", flush=True)
+    print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
