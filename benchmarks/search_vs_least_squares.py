@@ -7,8 +7,8 @@ each repeat), and one float64 replay decides "solved" for all of them (max error
 
 - `search`: the batched engine on all instances at once (the quick profile's budget);
 - `least_squares`: scipy's MINPACK Levenberg-Marquardt per instance in a Python loop (method "lm",
-  tight tolerances, the Jacobian from torch autograd), up to R restarts, stopping at the first
-  solved restart;
+  tight tolerances, the Jacobian from torch autograd or, with `--ls-jac 2-point`, scipy's finite
+  differences), up to R restarts, stopping at the first solved restart;
 - `adam`: a per-instance Adam loop in the paper's style (lr 0.1), up to R restarts, stopping early
   once the replay would pass.
 
@@ -66,7 +66,7 @@ def _replayed(method, inst, adapter) -> bool:
     return replay(method, inst, {k: v.detach().numpy()[0] for k, v in adapter.items()})[1] <= 1e-8
 
 
-def run_least_squares(insts, name, options, size, restarts):
+def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
     from scipy.optimize import least_squares
 
     from peftaudit.models.methods import get_method
@@ -78,7 +78,8 @@ def run_least_squares(insts, name, options, size, restarts):
             start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
             x0 = torch.cat([v.reshape(-1) for v in start.values()]).numpy()
             fit = least_squares(lambda x: residual_t(torch.as_tensor(x)).numpy(), x0,
-                                jac=lambda x: jac(torch.as_tensor(x)).numpy(), method="lm",
+                                jac=(lambda x: jac(torch.as_tensor(x)).numpy()) if jac_kind == "torch" else "2-point",
+                                method="lm",
                                 xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200 * len(x0))
             if _replayed(method, inst, unflat(torch.as_tensor(fit.x))):
                 solved += 1
@@ -128,13 +129,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adam-steps", type=int, default=2000)
     parser.add_argument("--adam-problems", type=int, default=16, help="the slow Adam loop runs on the first N")
+    parser.add_argument("--ls-jac", choices=["torch", "2-point"], default="torch",
+                        help="least_squares' Jacobian: torch forward mode, or scipy's finite differences")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = []
     for d in (int(v) for v in args.d.split(",")):
         insts, name, options, size = _instances(args.family, d, args.problems, args.seed)
         sides = {"search": lambda: run_search(insts, name, options, size, args.restarts),
-                 "least_squares": lambda: run_least_squares(insts, name, options, size, args.restarts),
+                 "least_squares": lambda: run_least_squares(insts, name, options, size, args.restarts, args.ls_jac),
                  "adam": lambda: run_adam(insts[:args.adam_problems], name, options, size, args.restarts,
                                           args.adam_steps)}
         times: dict[str, list[float]] = {k: [] for k in sides}
