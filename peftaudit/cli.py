@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from peftaudit.errors import InputError, PeftauditError
+from peftaudit.limits import LIMITS, MAX_RESTARTS, MAX_SIZE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
-MAX_SIZE = 4096        # prompt lengths, ranks, planted lengths (the loader's token limit)
-MAX_D = 1024           # the loader's limit on d
-MAX_RESTARTS = 4096
 CERTIFY_EXIT = {"certified": 0, "not-certified": 1, "not-applicable": 3, "unknown": 4}
 GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "m", "m-fold-mlp",
                   "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder")
@@ -258,11 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write an instance of a family")
     p.add_argument("--kind", choices=GENERATE_KINDS, required=True)
-    p.add_argument("--d", type=_bounded(1, MAX_D, "a dimension from 1"), required=True)
+    p.add_argument("--d", type=_bounded(1, LIMITS["d"], "a dimension from 1"), required=True)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--length", type=_bounded(1, MAX_SIZE, "a length from 1"), default=1,
                    help="planted prompt length or LoRA rank")
-    p.add_argument("--layers", type=_bounded(1, 64, "a layer count from 1"), default=1, help="layers (kind m)")
+    p.add_argument("--layers", type=_bounded(1, LIMITS["layers"], "a layer count from 1"), default=1, help="layers (kind m)")
     p.add_argument("--out", required=True, help="instance file to write (a new file unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_generate)
@@ -439,7 +437,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--max-memory", type=_positive_int, default=2048, help="memory budget in MB (chunks the batch)")
-    p.add_argument("--norm-bound", type=_positive_float, help="project prompt/prefix tokens onto this Euclidean norm ball")
+    p.add_argument("--norm-bound", type=_positive_float,
+                   help="project prompt/prefix tokens onto this Euclidean norm ball")
     p.add_argument("--json", action="store_true")
 
 
@@ -464,7 +463,8 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("calibrate", help="recall of the search on planted instances")
     p.add_argument("--method", choices=["prompt", "lora"], default="prompt")
-    p.add_argument("--count", type=_bounded(1, 100_000, "a count from 1"), help="planted instances (default: the profile's)")
+    p.add_argument("--count", type=_bounded(1, 100_000, "a count from 1"),
+                   help="planted instances (default: the profile's)")
     _search_options(p)
     p.set_defaults(func=cmd_calibrate)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from peftaudit import jsonio
 from peftaudit.errors import InputError
+from peftaudit.limits import LIMITS, MAX_ARRAY_ELEMENTS, MAX_BINARY_BYTES
 from peftaudit.models.spec import ATTENTION_KINDS, MLP_KINDS, HeadShape, LayerShape, ModelSpec
 
 FORMAT = "peftaudit.instance/1"
@@ -29,10 +30,6 @@ MODEL_KEYS = {"d", "mlp", "attention", "positional", "layernorm", "layers"}
 LAYER_KEYS = {"heads", "W1", "b1", "W2", "b2"}
 HEAD_KEYS = {"Wq", "Wk", "Wv", "Wo"}
 EXAMPLE_KEYS = {"X", "Y"}
-# caps on what a file may declare (the checker holds its own copy: verify/checkers/instance.py)
-LIMITS = {"d": 1024, "layers": 64, "heads": 64, "examples": 100_000, "tokens": 4096, "hidden": 16384}
-MAX_ARRAY_ELEMENTS = 2**26          # numbers in all arrays of one binary file together
-MAX_BINARY_BYTES = 1024 * 2**20     # a .npz / .safetensors file larger than this is refused
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
     checked again here (it may have changed during the audit) and only a previous report is replaced."""
     from .outdir import check_out_dir
 
-    out_dir = check_out_dir(out_dir, force)
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
@@ -274,7 +274,8 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
                         save_instance(o.instances[a.instance], tmp / "counterexamples" / f"{stem}.instance.json")
                         save_adapter(tmp / "counterexamples" / f"{stem}.adapter.json", o.instances[a.instance],
                                      a.method, a.options, a.size, a.adapter,
-                                     replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error), claim=o.claim.id)
+                                     replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error),
+                                     claim=o.claim.id)
                         c["counterexamples"].append({
                             "instance": a.instance, "method": a.method, "size": a.size,
                             "max_abs_error": a.max_abs_error, "exact_max_error": list(a.exact_max_error),
@@ -292,7 +293,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.md").write_text(md_text)
         (tmp / "report.html").write_text(html(report, figs))
-        check_out_dir(out_dir, force)
+        check_out_dir(out_dir, force)  # again: the folder may have changed during the audit
         if out_dir.exists() and any(out_dir.iterdir()):  # a previous report (checked just above), --force
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
             os.replace(out_dir, old / "report")

@@ -62,7 +62,7 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
             return summary
         summary["checked"] = verdict.valid
         summary["instance_sha256"] = verdict.instance_sha256
-        summary["established"] = {k: v for k, v in verdict.result.facts.items()}
+        summary["established"] = dict(verdict.result.facts)
         if not verdict.valid:
             summary["status"] = "unknown"
             summary["reason"] = f"certificate failed the independent check: {verdict.reason}"

@@ -11,7 +11,8 @@ import torch
 
 from peftaudit import jsonio
 from peftaudit.errors import InputError
-from peftaudit.instance import LIMITS, MAX_ARRAY_ELEMENTS, Instance, atomic_write_bytes, digest
+from peftaudit.instance import Instance, atomic_write_bytes, digest
+from peftaudit.limits import LIMITS, MAX_ARRAY_ELEMENTS
 from peftaudit.models.methods import get_method
 
 ADAPTER_FORMAT = "peftaudit.adapter/1"

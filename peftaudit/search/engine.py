@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from peftaudit.errors import InputError
 from peftaudit.instance import Instance
+from peftaudit.limits import MAX_RESTARTS, MAX_SIZE
 from peftaudit.models.methods import get_method
 from peftaudit.models.methods.base import Method
 
@@ -29,8 +30,6 @@ DEFAULT_MAX_MEMORY_MB = 2048
 SOLVED_MAX_ERROR = 1e-8
 FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
 FINISH_FACTOR = 5   # their finishing pass runs this many times the polish steps
-MAX_SIZE = 4096     # prompt lengths and ranks (the instance loader's token limit)
-MAX_RESTARTS = 4096
 
 
 @dataclass(frozen=True)
