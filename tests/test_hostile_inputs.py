@@ -283,3 +283,21 @@ def test_pytest_plugin_unknown_claim_is_a_usage_error(pytester):
     result = pytester.runpytest("--peftaudit", "--peftaudit-claims", "NOPE")
     text = result.stdout.str() + result.stderr.str()
     assert result.ret != 0 and "INTERNALERROR" not in text and "NOPE" in text
+
+
+@pytest.mark.parametrize("field,value", [("claim", ["L1+"]), ("members", [[0], [1]]), ("members", [{}, 1])])
+def test_unhashable_values_where_names_and_indices_go(tmp_path, capsys, certificate, field, value):
+    """Found by the fuzz suite: a list where the claim or an index goes was a TypeError (exit 3)."""
+    certificate[field] = value
+    code, _, err = _run(capsys, "check-certificate", _write(tmp_path, certificate, "bad.json"))
+    assert code == 2 and field in err
+
+
+def test_unhashable_l2_positions(tmp_path, capsys):
+    from peftaudit.strategies.instances import l2_instance
+    path = save_and(tmp_path, l2_instance(np.random.default_rng(0), 6, 3))
+    assert main(["certify", str(path), "--claim", "L2", "--out", str(tmp_path / "c.json")]) == 0
+    cert = json.loads((tmp_path / "c.json").read_text())
+    cert["positions"][0] = [[0], 1]
+    code, _, err = _run(capsys, "check-certificate", _write(tmp_path, cert, "bad.json"))
+    assert code == 2 and "positions[0]" in err

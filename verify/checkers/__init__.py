@@ -69,7 +69,7 @@ def check_bytes(data: bytes) -> Checked:
     if not isinstance(cert, dict) or cert.get("format") != CERT_FORMAT:
         raise MalformedCertificate(f"format: expected {CERT_FORMAT!r}")
     claim = cert.get("claim")
-    if claim not in CHECKERS:
+    if not isinstance(claim, str) or claim not in CHECKERS:
         raise MalformedCertificate(f"claim: expected one of {', '.join(CHECKERS)}, got {shorten(repr(claim))}")
     extra = sorted(set(cert) - KEYS[claim])
     if extra:

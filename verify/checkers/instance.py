@@ -93,7 +93,10 @@ def _vector(x: Any, where: str, n: int) -> Vec:
 
 
 def _count(x: Any, where: str, limit: str) -> int:
+    """The length of a non-empty list within the checker's limit; MalformedCertificate otherwise."""
     n = len(x) if isinstance(x, list) else 0
+    if n == 0:
+        raise MalformedCertificate(f"{where}: expected a non-empty list")
     if n > LIMITS[limit]:
         raise MalformedCertificate(f"{where}: {n} entries exceed the checker's limit {LIMITS[limit]}")
     return n
@@ -132,14 +135,12 @@ def parse_instance(doc: Any) -> Instance:
     if not isinstance(layernorm, bool):
         raise MalformedCertificate("instance.model.layernorm: expected true or false")
     layers_doc = model["layers"]
-    if not _count(layers_doc, "instance.model.layers", "layers"):
-        raise MalformedCertificate("instance.model.layers: expected a non-empty list")
+    _count(layers_doc, "instance.model.layers", "layers")
     layers = []
     for li, layer in enumerate(layers_doc):
         where = f"instance.model.layers[{li}]"
         _keys(layer, where, LAYER, LAYER)
-        if not _count(layer["heads"], f"{where}.heads", "heads"):
-            raise MalformedCertificate(f"{where}.heads: expected a non-empty list")
+        _count(layer["heads"], f"{where}.heads", "heads")
         heads = []
         for hi, head in enumerate(layer["heads"]):
             hw = f"{where}.heads[{hi}]"
@@ -160,8 +161,7 @@ def parse_instance(doc: Any) -> Instance:
     if model.get("positional") is not None:
         positional = _matrix(model["positional"], "instance.model.positional", None, d)
     dataset_doc = doc["dataset"]
-    if not _count(dataset_doc, "instance.dataset", "examples"):
-        raise MalformedCertificate("instance.dataset: expected a non-empty list of examples")
+    _count(dataset_doc, "instance.dataset", "examples")
     dataset = []
     for i, ex in enumerate(dataset_doc):
         where = f"instance.dataset[{i}]"

@@ -142,8 +142,9 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
     head = layer.heads[0]
     V = head.V
     members = get(cert, "members", "certificate")
-    if (not isinstance(members, list) or len(members) < 2 or len(set(members)) != len(members)
-            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(inst.dataset) for i in members)):
+    if (not isinstance(members, list) or len(members) < 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(inst.dataset) for i in members)
+            or len(set(members)) != len(members)):
         raise MalformedCertificate("members: expected at least two distinct example indices")
     delta = rational(get(cert, "delta", "certificate"), "delta")
     claimed = rational(get(cert, "margin", "certificate"), "margin")

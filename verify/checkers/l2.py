@@ -35,17 +35,18 @@ def check_l2(cert: dict, inst: Instance) -> CheckResult:
     if not isinstance(positions, list) or not isinstance(data, list) or len(positions) != len(data):
         raise MalformedCertificate("positions/data: expected lists of equal length")
     N = len(positions)
-    if N < 2 or 2 * N > d or len({tuple(p) if isinstance(p, list) else p for p in positions}) != N:
+    for idx, pos in enumerate(positions):
+        if (not isinstance(pos, list) or len(pos) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pos)
+                or not 0 <= pos[0] < len(inst.dataset)):
+            raise MalformedCertificate(f"positions[{idx}]: expected [example, position]")
+    if N < 2 or 2 * N > d or len({tuple(p) for p in positions}) != N:
         return CheckResult(False, f"need 2 <= N distinct positions with 2N <= d (N={N}, d={d})")
     mu, s, r, t = (rational(get(cert, k, "certificate"), k) for k in ("mu", "s", "r", "t"))
     delta = rational(get(cert, "delta", "certificate"), "delta")
     claimed = rational(get(cert, "margin", "certificate"), "margin")
     columns_c, columns_a, width2, residual = [], [], Fraction(0), Fraction(0)
     for idx, (pos, entry) in enumerate(zip(positions, data)):
-        if (not isinstance(pos, list) or len(pos) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pos)
-                or not 0 <= pos[0] < len(inst.dataset)):
-            raise MalformedCertificate(f"positions[{idx}]: expected [example, position]")
         e, p = pos
         X_raw, Y = inst.dataset[e]
         X = inst.encoded(X_raw)
