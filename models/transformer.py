@@ -52,27 +52,27 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
     for h, head in enumerate(spec.layers[layer].heads):
         p = f"layers.{layer}.heads.{h}."
         Wq, Wk, Wv = params[p + "Wq"], params[p + "Wk"], params[p + "Wv"]  # (B,k,d) (B,k,d) (B,v,d)
-        q = torch.einsum("betd,bkd->betk", Z, Wq)                            # (B,E,T,k)
-        k = torch.einsum("betd,bkd->betk", Z, Wk)                            # (B,E,T,k)
-        v = torch.einsum("betd,bvd->betv", Z, Wv)                            # (B,E,T,v)
+        q = Z @ Wq.transpose(1, 2).unsqueeze(1)                               # (B,E,T,k)
+        k = Z @ Wk.transpose(1, 2).unsqueeze(1)                               # (B,E,T,k)
+        v = Z @ Wv.transpose(1, 2).unsqueeze(1)                               # (B,E,T,v)
         if prefix is not None:
             if p + "K" in prefix:  # peft style: free key and value vectors
                 pk, pv = prefix[p + "K"], prefix[p + "V"]                    # (B,m,k) (B,m,v)
             else:                  # hidden-state style: prefix states pass through Wk, Wv
                 states = prefix[f"layers.{layer}.states"]                    # (B,m,d)
-                pk = torch.einsum("bmd,bkd->bmk", states, Wk)
-                pv = torch.einsum("bmd,bvd->bmv", states, Wv)
+                pk = states @ Wk.transpose(1, 2)                                  # (B,m,k)
+                pv = states @ Wv.transpose(1, 2)                                  # (B,m,v)
             n_prefix = pk.shape[1]
             k = torch.cat([pk.unsqueeze(1).expand(B, E, *pk.shape[1:]), k], dim=2)  # (B,E,m+T,k)
             v = torch.cat([pv.unsqueeze(1).expand(B, E, *pv.shape[1:]), v], dim=2)  # (B,E,m+T,v)
-        logits = torch.einsum("betk,besk->bets", q, k)                       # (B,E,T,m+T)
+        logits = q @ k.transpose(2, 3)                                       # (B,E,T,m+T)
         mask = _attention_mask(spec, T, n_prefix, Z.device)
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(logits, dim=-1)                              # (B,E,T,m+T)
-        head_out = torch.einsum("bets,besv->betv", weights, v)               # (B,E,T,v)
+        head_out = weights @ v                                               # (B,E,T,v)
         if head.has_wo:
-            head_out = torch.einsum("betv,bdv->betd", head_out, params[p + "Wo"])  # (B,E,T,d)
+            head_out = head_out @ params[p + "Wo"].transpose(1, 2).unsqueeze(1)   # (B,E,T,d)
         out = out + head_out
     return out
 
@@ -81,8 +81,8 @@ def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor) ->
     """Token-wise MLP; residual adds H. H: (B, E, T, d) -> (B, E, T, d)."""
     p = f"layers.{layer}."
     W1, b1, W2, b2 = params[p + "W1"], params[p + "b1"], params[p + "W2"], params[p + "b2"]
-    hidden = torch.relu(torch.einsum("betd,bhd->beth", H, W1) + b1[:, None, None, :])  # (B,E,T,h)
-    branch = torch.einsum("beth,bdh->betd", hidden, W2) + b2[:, None, None, :]         # (B,E,T,d)
+    hidden = torch.relu(H @ W1.transpose(1, 2).unsqueeze(1) + b1[:, None, None, :])  # (B,E,T,h)
+    branch = hidden @ W2.transpose(1, 2).unsqueeze(1) + b2[:, None, None, :]         # (B,E,T,d)
     return H + branch if spec.mlp == "residual" else branch
 
 

@@ -153,3 +153,74 @@ def test_damped_step_matches_the_svd_step_and_falls_back_when_cholesky_fails():
     J[1] = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     step = damped_step(J, torch.ones(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     assert torch.isfinite(step).all() and torch.equal(step[0], torch.zeros(3, dtype=torch.float64))
+
+
+def test_batched_jacobian_matches_per_problem_jacobians_in_both_modes():
+    """One vmap level over tangents (P <= R) or cotangents (P > R) gives every problem's own Jacobian."""
+    from peftaudit.search.optimize import jacobian
+
+    gen = torch.Generator().manual_seed(1)
+    for P, R in ((3, 7), (7, 3)):
+        A = torch.randn(5, R, P, generator=gen, dtype=torch.float64)
+        theta = torch.randn(5, P, generator=gen, dtype=torch.float64)
+
+        def residuals(t):  # (b,P) -> (b,R), nonlinear, independent per problem
+            return torch.tanh((A @ t.unsqueeze(2)).squeeze(2)) + t.square().sum(1, keepdim=True)
+
+        J = jacobian(residuals, theta, R)
+        per_problem = torch.stack([torch.func.jacfwd(lambda t, b=b: residuals(t[None].expand(5, P))[b])(theta[b])
+                                   for b in range(5)])
+        assert J.shape == (5, R, P) and torch.allclose(J, per_problem, rtol=1e-12, atol=1e-14)
+
+
+def test_levenberg_marquardt_drops_finished_and_stuck_problems_from_the_batch():
+    """Solvable problems converge and leave; an unsolvable one (min loss 1) stalls and leaves
+    long before the step budget: the batch shrinks, and the best points are returned."""
+    from peftaudit.search.optimize import levenberg_marquardt
+
+    target = torch.tensor([[1.5, 2.0], [3.0, 0.5], [0.5, 0.5]], dtype=torch.float64)  # (3,2)
+    offset = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # problem 2 cannot reach zero
+
+    def residuals(theta, tgt, off):  # (b,P=2) -> (b,R=3)
+        return torch.cat([theta ** 3 - tgt ** 3, off[:, None]], dim=1)
+
+    sizes = []
+    theta, loss, err = levenberg_marquardt(residuals, torch.ones(3, 2, dtype=torch.float64), (target, offset), 400,
+                                           done_error=1e-12, on_step=sizes.append)
+    assert torch.allclose(theta[:2], target[:2], atol=1e-9) and (err[:2] <= 1e-12).all()
+    assert loss[2] == pytest.approx(1.0, abs=1e-9) and err[2] == pytest.approx(1.0)
+    assert sizes[0] == 3 and sizes[-1] < 3 and len(sizes) < 100  # compaction, and the stall ends the run
+
+
+def test_damped_step_without_svd_fallback_gives_a_zero_step_where_cholesky_fails():
+    """The CUDA path does not sync to run an SVD: a failed factorization gives a zero (rejected) step."""
+    from peftaudit.search.optimize import damped_step
+
+    J = torch.zeros(2, 4, 3, dtype=torch.float64)
+    J[1] = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    step = damped_step(J, torch.ones(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                       svd_fallback=False)
+    assert torch.equal(step[0], torch.zeros(3, dtype=torch.float64)) and torch.isfinite(step[1]).all()
+    assert step[1].abs().sum() > 0
+
+
+def test_later_rounds_double_the_restarts_of_unsolved_problems():
+    """An unsolvable instance (an L1 instance, certified) is retried with 4, 8, 16 restarts."""
+    from peftaudit.search import engine
+    from peftaudit.strategies.instances import l1_instance
+
+    inst = l1_instance(np.random.default_rng(7), 2)
+    assert certify(inst, "L1").status == "certified"
+    seen = []
+    real = engine._optimize_chunk
+
+    def spy(method, spec, weights, X, *args, **kwargs):
+        seen.append(X.shape[0])
+        return real(method, spec, weights, X, *args, **kwargs)
+
+    engine._optimize_chunk = spy
+    try:
+        search([inst], SearchConfig(sizes=(1,), restarts=4, steps=5, polish_steps=5, rounds=3), progress=False)
+    finally:
+        engine._optimize_chunk = real
+    assert seen[:3] == [4, 8, 16]

@@ -1,9 +1,12 @@
 """The batched falsification search: instances x restarts x sizes as one tensor program each.
 
 For every group of batchable instances and every size (prompt length or rank), all restarts
-of all instances are optimized together: masked Adam explores, Levenberg-Marquardt polishes in
-float64, and every candidate is replayed by the reference forward on the CPU, apart from the
-optimizer's graph. Reported losses are the replayed ones.
+of all instances are optimized together in float64: Levenberg-Marquardt from the first step,
+dropping problems from the batch as they finish or stall; masked Adam explores from fresh
+random points only for the problems LM leaves stuck, and a second LM pass follows. Every
+candidate is replayed by the reference forward on the CPU, apart from the optimizer's graph;
+reported losses are the replayed ones. Unsolved problems get further rounds with new seeds and
+twice the restarts each round, and near misses a long, patient LM finish.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from peftaudit.limits import MAX_RESTARTS, MAX_SIZE
 from peftaudit.models.methods import get_method
 from peftaudit.models.methods.base import Method
 
-from .optimize import adam, flat, levenberg_marquardt, unflat
+from . import optimize as O
+from .optimize import STALL_FRACTION, adam, flat, levenberg_marquardt, take, unflat
 from .problems import bytes_per_problem, group_instances, resolve_device, stacked
 
 DEFAULT_MAX_MEMORY_MB = 2048
 SOLVED_MAX_ERROR = 1e-8
 FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
 FINISH_FACTOR = 5   # their finishing pass runs this many times the polish steps
+FINISH_STALL_FRACTION = 1e-6  # and stops only when a check window gains less than this fraction
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,9 @@ class SearchConfig:
     options: dict = field(default_factory=dict)  # e.g. {"targets": "v"} for LoRA
     sizes: tuple[int, ...] = (1, 2, 4)           # prompt lengths or ranks
     restarts: int = 4
-    rounds: int = 3                              # retries of unsolved problems with new inits
-    steps: int = 300
-    polish_steps: int = 40
+    rounds: int = 3                              # retries of unsolved problems: new seeds, 2x restarts
+    steps: int = 300                             # Adam steps, for problems LM leaves stuck
+    polish_steps: int = 40                       # Levenberg-Marquardt steps per pass (two passes)
     seed: int = 0
     device: str = "auto"
     max_memory_mb: int = DEFAULT_MAX_MEMORY_MB
@@ -158,48 +163,51 @@ def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
                     device: torch.device, bar: tqdm | None,
                     start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Adam then Levenberg-Marquardt on one chunk; returns each problem's best trainable tensors."""
-    B = X.shape[0]
+    """Levenberg-Marquardt first; the problems it leaves stuck explore with Adam from a fresh
+    random point and get a second LM pass. Returns each problem's best trainable tensors."""
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
-    trainable = method.init(spec, B, size, gen, dtype=torch.float64, device=device)
+    template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
     if start is not None:  # a finishing pass: continue from the best point found so far
-        trainable = {name: start[name].to(device=device, dtype=torch.float64) for name in trainable}
-    tol_loss = config.tolerance ** 2 * 1e-4  # stop well inside the replay tolerance
+        template = {name: start[name].to(device=device, dtype=torch.float64) for name in template}
+    done_error = config.tolerance * 1e-2  # stop well inside the replay tolerance
+    data = (dict(weights), X, Y)
 
-    def residuals(tr: dict[str, torch.Tensor], W=weights, X=X, Y=Y) -> torch.Tensor:
-        out = method.outputs(spec, W, tr, X)                              # (B,E,n,d)
-        return (out[:, :, out.shape[2] - k:, :] - Y).reshape(out.shape[0], -1)  # (B,R)
+    def residuals(theta: torch.Tensor, W: dict, X_b: torch.Tensor, Y_b: torch.Tensor) -> torch.Tensor:
+        out = method.outputs(spec, W, unflat(theta, template), X_b)      # (b,E,n,d)
+        return (out[:, :, out.shape[2] - k:, :] - Y_b).reshape(out.shape[0], -1)  # (b,R)
 
     project = None
     if config.norm_bound is not None:
-        bound = config.norm_bound
-        project = lambda tr: method.project(tr, bound)  # noqa: E731
-        project(trainable)  # start inside the ball
-
-    step_cb = (lambda _step: bar.update(B)) if bar is not None else None
-    best, _ = adam(residuals, trainable, config.steps, lr=config.lr, tol_loss=tol_loss, project=project,
-                   on_step=step_cb)
-    if config.polish_steps:
-        template = {name: t[:1] for name, t in best.items()}
-
-        def residual_one(theta_b, W_b, X_b, Y_b):
-            tr = unflat(theta_b.unsqueeze(0), template)
-            return residuals(tr, {n: w.unsqueeze(0) for n, w in W_b.items()}, X_b.unsqueeze(0), Y_b.unsqueeze(0))[0]
-
-        def residuals_all(theta):
-            return residuals(unflat(theta, best))
-
-        def project_flat(theta):
-            tr = {n: t.clone() for n, t in unflat(theta, best).items()}
-            method.project(tr, config.norm_bound)
+        def project(theta: torch.Tensor, bound: float = config.norm_bound) -> torch.Tensor:
+            tr = {n: t.clone() for n, t in unflat(theta, template).items()}
+            method.project(tr, bound)
             return flat(tr)
 
-        theta, _ = levenberg_marquardt(residual_one, flat(best).detach(), (dict(weights), X, Y), config.polish_steps,
-                                       residuals_all=residuals_all, tol_loss=tol_loss,
-                                       project=project_flat if config.norm_bound is not None else None)
-        best = unflat(theta, best)
-    return {name: t.detach() for name, t in best.items()}
+    theta0 = flat(template).detach()                                      # (B,P)
+    if project is not None:
+        theta0 = project(theta0)  # start inside the ball
+    count = (lambda n: bar.update(n)) if bar is not None else None
+    finishing = start is not None  # a finish is patient: it stops only when truly stalled
+    stall = FINISH_STALL_FRACTION if finishing else STALL_FRACTION
+    hopeless = 0.0 if finishing else O.HOPELESS_SLACK
+    lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
+                                             done_error=done_error, project=project, stall_fraction=stall, hopeless_slack=hopeless,
+                                             on_step=count)
+    everyone = torch.arange(theta0.shape[0], device=device)
+    theta, loss, err = lm(theta0, everyone)
+    stuck = (err > done_error).nonzero().squeeze(1)                       # (s,)
+    if config.steps and stuck.numel():
+        per_step = (lambda _s, n=stuck.numel(): bar.update(n)) if bar is not None else None
+        fresh = flat(method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device))[stuck]  # (s,P)
+        if project is not None:
+            fresh = project(fresh)
+        explored, _ = adam(residuals, fresh, take(data, stuck), config.steps, lr=config.lr,
+                           done_error=done_error, project=project, on_step=per_step)
+        theta2, loss2, _ = lm(explored, stuck)
+        better = loss2 < loss[stuck]
+        theta[stuck] = torch.where(better[:, None], theta2, theta[stuck])
+    return {name: t.detach() for name, t in unflat(theta, template).items()}
 
 
 def _finish(instances, groups, method: Method, config: SearchConfig, device: torch.device,
@@ -242,7 +250,7 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
     budget = config.max_memory_mb * 2**20
     best: dict[tuple[int, int], Attempt] = {}
     pending = {(i, s) for i in range(len(instances)) for s in config.sizes}
-    per_problem = config.steps + config.polish_steps
+    per_problem = config.steps + 2 * config.polish_steps  # at most: LM, Adam, LM again
     bar = tqdm(total=len(pending) * config.restarts * per_problem, unit="problem-step", disable=not progress,
                leave=False, desc=f"search {config.method}")
     try:
@@ -250,11 +258,11 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
             if not pending:
                 break
             if round_:
-                bar.total += len(pending) * config.restarts * per_problem
+                bar.total += len(pending) * (config.restarts << round_) * per_problem
             for gi, group in enumerate(groups):
                 inst0 = instances[group.indices[0]]
                 for size in config.sizes:
-                    rows = [i for i in group.indices if (i, size) in pending for _ in range(config.restarts)]
+                    rows = [i for i in group.indices if (i, size) in pending for _ in range(config.restarts << round_)]
                     if not rows:
                         continue
                     n_params = method.param_count(group.spec, size)
@@ -270,7 +278,7 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                         before = bar.n
                         found = _optimize_chunk(method, group.spec, weights, X, Y, size,
                                                 _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar)
-                        bar.update(len(part) * per_problem - (bar.n - before))
+                        bar.update(max(0, len(part) * per_problem - (bar.n - before)))
                         arrays = {name: t.cpu().numpy() for name, t in found.items()}
                         losses, errors = replay_batch(method, instances, part, arrays)
                         for b, inst_index in enumerate(part):

@@ -1,18 +1,29 @@
-"""Batched optimizers: masked Adam for exploration, Levenberg-Marquardt for a float64 polish.
+"""Batched optimizers: Levenberg-Marquardt first, masked Adam to explore where it gets stuck.
 
-Every problem owns its parameters; losses are summed only to get all gradients in one
-backward pass, so problems stay independent. Converged problems are frozen (masked).
+Every problem owns its parameters and its data (weights, inputs, targets, each with a leading
+problem dimension B); losses are summed only to get all gradients in one backward pass, so
+problems stay independent. Both optimizers look at convergence every `check_every` steps only,
+so a CUDA run does not wait on the host each step; Levenberg-Marquardt then drops the problems
+that finished or stalled from its batch (compaction), so its work shrinks as they finish.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-Residuals = Callable[[dict[str, Tensor]], Tensor]  # trainable (B, ...) -> residuals (B, R)
+# residuals(theta (b, P), *data_b) -> (b, R), for any subset b of the problems
+Residuals = Callable[..., Tensor]
+Project = Callable[[Tensor], Tensor]  # theta (b, P) -> theta on the norm ball
+CHECK_EVERY = 8        # steps between convergence checks (the only host syncs on CUDA)
+STALL_FRACTION = 1e-3  # LM: a problem whose loss fell by less than this fraction in a check window has stalled
+HOPELESS_SLACK = 3.0   # LM drops a problem that, at its current rate, would need over 3x the steps left
+MU_MAX = 1e12          # LM damping ceiling; a problem pinned there makes no progress
+MU_MIN = 1e-16         # LM damping floor, relative to the largest diagonal of the normal system: low
+                       # enough to resolve singular values ~1e-7 of the largest (ill-conditioned solutions)
 
 
 def flat(trainable: dict[str, Tensor]) -> Tensor:
@@ -21,19 +32,39 @@ def flat(trainable: dict[str, Tensor]) -> Tensor:
 
 
 def unflat(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `flat`, for any number of problems b: names and per-problem shapes from `like`."""
     out, o = {}, 0
     for name, t in like.items():
         n = t[0].numel()
-        out[name] = theta[:, o:o + n].reshape(t.shape)
+        out[name] = theta[:, o:o + n].reshape(theta.shape[0], *t.shape[1:])
         o += n
     return out
 
 
-def adam(residuals: Residuals, trainable: dict[str, Tensor], steps: int, *, lr: float = 0.05,
-         tol_loss: float = 0.0, project: Callable[[dict[str, Tensor]], None] | None = None,
-         on_step: Callable[[int], None] | None = None) -> tuple[dict[str, Tensor], Tensor]:
-    """Masked Adam with a cosine schedule; returns each problem's best parameters and loss."""
-    theta = flat(trainable).detach().clone()
+def take(data: Any, index: Tensor) -> Any:
+    """Rows `index` of every tensor in `data` (a tensor, or a tuple / dict of them)."""
+    if isinstance(data, Tensor):
+        return data[index]
+    if isinstance(data, dict):
+        return {k: take(v, index) for k, v in data.items()}
+    return tuple(take(v, index) for v in data)
+
+
+def _loss(r: Tensor) -> Tensor:
+    return torch.nan_to_num(r.square().sum(dim=1), nan=math.inf)   # (b,)
+
+
+def _max_error(r: Tensor) -> Tensor:
+    return torch.nan_to_num(r.abs().amax(dim=1), nan=math.inf)     # (b,)
+
+
+def adam(residuals: Residuals, theta: Tensor, data: tuple, steps: int, *, lr: float = 0.05,
+         done_error: float = 0.0, project: Project | None = None,
+         on_step: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """Masked Adam with a cosine schedule from theta (B, P); returns each problem's best point and loss.
+
+    A problem stops moving once its max abs residual is at most `done_error`."""
+    theta = theta.detach().clone()
     B = theta.shape[0]
     m, v = torch.zeros_like(theta), torch.zeros_like(theta)
     best_theta, best_loss = theta.clone(), torch.full((B,), math.inf, dtype=theta.dtype, device=theta.device)
@@ -41,38 +72,37 @@ def adam(residuals: Residuals, trainable: dict[str, Tensor], steps: int, *, lr: 
     b1, b2, eps = 0.9, 0.999, 1e-12
     for step in range(1, steps + 1):
         theta.requires_grad_(True)
-        r = residuals(unflat(theta, trainable))                          # (B,R)
+        r = residuals(theta, *data)                                      # (B,R)
         loss = r.square().sum(dim=1)                                     # (B,)
         grad, = torch.autograd.grad(loss.sum(), theta)
         with torch.no_grad():
             loss = torch.nan_to_num(loss.detach(), nan=math.inf)
             better = loss < best_loss
             best_loss = torch.where(better, loss, best_loss)
-            best_theta[better] = theta.detach()[better]
-            active &= best_loss > tol_loss
-            if not active.any():
+            best_theta = torch.where(better[:, None], theta.detach(), best_theta)
+            active &= _max_error(r.detach()) > done_error
+            if step % CHECK_EVERY == 0 and not bool(active.any()):
                 break
             grad = torch.nan_to_num(grad) * active[:, None]
             m.mul_(b1).add_((1 - b1) * grad)
             v.mul_(b2).add_((1 - b2) * grad * grad)
             rate = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
             update = rate * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + eps)
-            theta = (theta.detach() - update * active[:, None])
+            theta = theta.detach() - update * active[:, None]
             if project is not None:
-                params = unflat(theta, trainable)
-                project(params)
-                theta = flat(params)
+                theta = project(theta)
         if on_step is not None:
             on_step(step)
-    return unflat(best_theta, trainable), best_loss
+    return best_theta, best_loss
 
 
-def damped_step(J: Tensor, r: Tensor, mu: Tensor) -> Tensor:
+def damped_step(J: Tensor, r: Tensor, mu: Tensor, *, svd_fallback: bool = True) -> Tensor:
     """The Levenberg-Marquardt step argmin ||J delta + r||^2 + lam ||delta||^2, lam = mu * max diag(J^T J).
 
     Solved by Cholesky of the smaller of the two damped normal systems (P x P, or R x R with
-    delta = J^T y), which is cheap in a batch on every device; problems whose factorization
-    fails (rank-deficient and barely damped) fall back to the thin SVD of their Jacobian.
+    delta = J^T y), which is cheap in a batch on every device. Problems whose factorization
+    fails (rank-deficient and barely damped) fall back to the thin SVD of their Jacobian, or,
+    with svd_fallback=False (CUDA: no host sync), get a zero step, which LM rejects and damps.
     """
     B, R, P = J.shape
     gram = J.transpose(1, 2) @ J if P <= R else J @ J.transpose(1, 2)   # (B,q,q), q = min(P, R)
@@ -87,6 +117,8 @@ def damped_step(J: Tensor, r: Tensor, mu: Tensor) -> Tensor:
         y = torch.cholesky_solve(r.unsqueeze(2), chol)                   # (B,R,1)
         delta = -(J.transpose(1, 2) @ y).squeeze(2)                      # (B,P)
     failed = (info != 0) | ~torch.isfinite(delta).all(dim=1)             # (B,)
+    if not svd_fallback:
+        return torch.where(failed[:, None], torch.zeros_like(delta), delta)
     if bool(failed.any()):
         idx = failed.nonzero().squeeze(1)
         delta[idx] = _svd_step(J[idx], r[idx], lam[idx])
@@ -101,37 +133,82 @@ def _svd_step(J: Tensor, r: Tensor, lam: Tensor) -> Tensor:
     return -(Vh.transpose(1, 2) @ coef.unsqueeze(2)).squeeze(2)          # (b,P)
 
 
-def levenberg_marquardt(residual_one: Callable[..., Tensor], theta: Tensor, data: tuple, steps: int, *,
-                        residuals_all: Callable[[Tensor], Tensor], tol_loss: float = 0.0,
-                        project: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Batched Levenberg-Marquardt on per-problem residuals, in the dtype of theta.
+def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Tensor:
+    """Per-problem Jacobians (b, R, P) of batched residuals (b, P) -> (b, R), with one vmap level.
 
-    residual_one(theta_b, *data_b) -> (R,) residuals of one problem (vmapped over theta and
-    each element of `data`, all with a leading B dimension, for the Jacobian);
-    residuals_all(theta) -> (B, R).
+    Problems are independent, so one tangent e_p set for every problem at once gives column p
+    of every Jacobian (forward mode, P passes), and one cotangent e_j gives row j (reverse mode,
+    R passes); the cheaper of the two is used. Cheaper in dispatch than a vmap over problems of
+    a per-problem jacfwd, which matters for the small batches of an audit."""
+    b, P = theta.shape
+    if P <= R:
+        tangents = torch.eye(P, dtype=theta.dtype, device=theta.device)[:, None, :].expand(P, b, P)  # (P,b,P)
+        column = lambda t: torch.func.jvp(residuals, (theta,), (t,))[1]     # (b,R)  # noqa: E731
+        return torch.func.vmap(column, out_dims=2)(tangents)                # (b,R,P)
+    _, pullback = torch.func.vjp(residuals, theta)
+    cotangents = torch.eye(R, dtype=theta.dtype, device=theta.device)[:, None, :].expand(R, b, R)    # (R,b,R)
+    return torch.func.vmap(lambda c: pullback(c)[0], out_dims=1)(cotangents)  # (b,R,P)
+
+
+def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps: int, *,
+                        done_error: float = 0.0, project: Project | None = None,
+                        stall_fraction: float = STALL_FRACTION, hopeless_slack: float = 0.0,
+                        on_step: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched Levenberg-Marquardt from theta (B, P) with per-problem damping, in theta's dtype.
+
+    Every CHECK_EVERY steps, problems whose max abs residual is at most `done_error`, whose loss
+    fell by less than `stall_fraction` over the window, or whose damping hit MU_MAX leave the
+    batch. Returns each problem's final point, loss and max abs residual (accepted steps only
+    ever lower the loss, so the final point is the best one). `on_step(n)` gets the problems
+    still in the batch after each step.
     """
     B, P = theta.shape
-    mu = torch.full((B,), 1e-3, dtype=theta.dtype, device=theta.device)
-    r = residuals_all(theta)
-    loss = torch.nan_to_num(r.square().sum(1), nan=math.inf)
-    R = r.shape[1]
-    jac_fn = torch.func.jacfwd if P <= R else torch.func.jacrev  # fewer passes of the two
-    jacobian = torch.func.vmap(jac_fn(residual_one))
-    for _ in range(steps):
-        active = loss > tol_loss
-        if not active.any():
+    theta = theta.detach().clone()
+    r = residuals(theta, *data)                                          # (B,R)
+    loss, err = _loss(r), _max_error(r)                                  # (B,) (B,)
+
+    svd_fallback = theta.device.type == "cpu"
+    idx = (err > done_error).nonzero().squeeze(1)                        # (b,) problems still running
+    th, d, rr, ls = theta[idx], take(data, idx), r[idx], loss[idx]
+    mu = torch.full_like(ls, 1e-3)                                       # (b,)
+    nu = torch.full_like(ls, 2.0)                                        # (b,) growth factor on rejection
+    window_start = ls.clone()
+    for step in range(1, steps + 1):
+        if idx.numel() == 0:
             break
-        J = torch.nan_to_num(jacobian(theta, *data))                    # (B,R,P)
-        delta = damped_step(J, r, mu)                                    # (B,P)
-        delta = torch.nan_to_num(delta) * active[:, None]
-        candidate = theta + delta
+        J = torch.nan_to_num(jacobian(lambda t, d=d: residuals(t, *d), th, rr.shape[1]))  # (b,R,P)
+        delta = torch.nan_to_num(damped_step(J, rr, mu, svd_fallback=svd_fallback))  # (b,P)
+        candidate = th + delta
         if project is not None:
             candidate = project(candidate)
-        r_new = residuals_all(candidate)
-        loss_new = torch.nan_to_num(r_new.square().sum(1), nan=math.inf)
-        accept = (loss_new < loss) & active
-        theta = torch.where(accept[:, None], candidate, theta)
-        r = torch.where(accept[:, None], r_new, r)
-        loss = torch.where(accept, loss_new, loss)
-        mu = torch.where(accept, (mu / 3).clamp_min(1e-12), (mu * 4).clamp_max(1e12))
-    return theta, loss
+        r_new = residuals(candidate, *d)                                 # (b,R)
+        loss_new = _loss(r_new)
+        linear = rr + (J @ (candidate - th).unsqueeze(2)).squeeze(2)     # (b,R) the model's residual
+        predicted = (ls - linear.square().sum(dim=1)).clamp_min(1e-300)  # (b,)
+        gain = (ls - loss_new) / predicted                               # (b,) actual / predicted
+        accept = loss_new < ls                                           # (b,)
+        th = torch.where(accept[:, None], candidate, th)
+        rr = torch.where(accept[:, None], r_new, rr)
+        ls = torch.where(accept, loss_new, ls)
+        # Nielsen's damping update: shrink by how well the linear model predicted the gain
+        shrink = (1 - (2 * gain.clamp(0, 1) - 1) ** 3).clamp_min(1 / 3)
+        mu = torch.where(accept, (mu * shrink).clamp_min(MU_MIN), (mu * nu).clamp_max(MU_MAX))
+        nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2)
+        if on_step is not None:
+            on_step(idx.numel())
+        if step % CHECK_EVERY and step != steps:
+            continue
+        theta[idx], loss[idx], err[idx] = th, ls, _max_error(rr)
+        keep = (_max_error(rr) > done_error) & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
+        if hopeless_slack:
+            # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
+            windows_left = (steps - step) / CHECK_EVERY + 1
+            need = torch.log(ls / max(done_error, 1e-300) ** 2).clamp_min(0)       # (b,) nats to go
+            rate = torch.log(window_start / ls).clamp_min(1e-300)                  # (b,) nats per window
+            keep &= need <= rate * windows_left * hopeless_slack
+        if bool(keep.all()):
+            window_start = ls.clone()
+            continue
+        idx, th, d, rr, ls, mu, nu = idx[keep], th[keep], take(d, keep), rr[keep], ls[keep], mu[keep], nu[keep]
+        window_start = ls.clone()
+    return theta, loss, err
