@@ -1,9 +1,13 @@
 """Time to solution: `search()` against what a user would pick instead, on the same instances.
 
-Run by hand: `python benchmarks/search_vs_least_squares.py [--family prompt|lora] [--d 4,8,16]
-[--problems 64] [--restarts 4] [--repeats 3] [--adam-steps 2000]`. For each d, the same planted
-instances (memorizable by construction) go to three solvers, interleaved (the order alternates
-each repeat), and one float64 replay decides "solved" for all of them (max error <= 1e-8):
+Run by hand: `python benchmarks/search_vs_least_squares.py [--family prompt|lora|prompt-scaled|prompt-deep]
+[--d 4,8,16,32,64] [--problems 256] [--ls-problems 64] [--restarts 4] [--repeats 2] [--adam-steps 2000]`.
+For each d, the same planted instances (memorizable by construction) go to three solvers,
+interleaved (the order alternates each repeat), and one float64 replay decides "solved" for all
+of them (max error <= 1e-8). Families: the project's planted prompt (length 2) and LoRA (rank 1
+on W_v) instances, and two others: `prompt-scaled` (weights scaled by 1/sqrt(d), as in an
+initialized network) and `prompt-deep` (two causal layers). The per-instance solvers run on
+the first `--ls-problems` / `--adam-problems` instances, and recall is compared on that subset:
 
 - `search`: the batched engine on all instances at once (the quick profile's budget);
 - `least_squares`: scipy's MINPACK Levenberg-Marquardt per instance in a Python loop (method "lm",
@@ -26,12 +30,30 @@ import numpy as np
 import torch
 
 
+def _scaled_planted_prompt(rng: np.random.Generator, d: int, length: int):
+    """A planted prompt instance whose weight matrices are scaled by 1/sqrt(d) (targets recomputed)."""
+    from peftaudit.instance import make_instance
+    from peftaudit.strategies.instances import model_outputs, planted_prompt_instance
+
+    base = planted_prompt_instance(rng, d, length)
+    weights = {k: (v / np.sqrt(d) if np.ndim(v) == 2 else v) for k, v in base.weights.items()}
+    prompt = np.array(base.meta["planted"]["prompt"])
+    X = base.inputs()
+    Y = model_outputs(base.spec, weights, X, prompt)
+    return make_instance(base.spec, weights, list(zip(X, Y)), meta={"family": "planted-prompt-scaled"})
+
+
 def _instances(family: str, d: int, count: int, seed: int):
     from peftaudit.strategies.instances import planted_lora_instance, planted_prompt_instance
 
     rng = np.random.default_rng([seed, d])
     if family == "prompt":
         return [planted_prompt_instance(rng, d, 2) for _ in range(count)], "prompt", {}, 2
+    if family == "prompt-scaled":
+        return [_scaled_planted_prompt(rng, d, 2) for _ in range(count)], "prompt", {}, 2
+    if family == "prompt-deep":
+        return ([planted_prompt_instance(rng, d, 2, layers=2, attention="causal") for _ in range(count)],
+                "prompt", {}, 2)
     return [planted_lora_instance(rng, d, 1) for _ in range(count)], "lora", {"targets": "v"}, 1
 
 
@@ -71,8 +93,9 @@ def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
 
     from peftaudit.models.methods import get_method
 
-    method, solved = get_method(name, **options), 0
+    method, solved = get_method(name, **options), []
     for i, inst in enumerate(insts):
+        solved.append(False)
         residual_t, jac, unflat, _ = _one_problem(method, inst, size)
         for r in range(restarts):
             start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
@@ -82,7 +105,7 @@ def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
                                 method="lm",
                                 xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200 * len(x0))
             if _replayed(method, inst, unflat(torch.as_tensor(fit.x))):
-                solved += 1
+                solved[-1] = True
                 break
     return solved
 
@@ -90,8 +113,9 @@ def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
 def run_adam(insts, name, options, size, restarts, steps):
     from peftaudit.models.methods import get_method
 
-    method, solved = get_method(name, **options), 0
+    method, solved = get_method(name, **options), []
     for i, inst in enumerate(insts):
+        solved.append(False)
         residual_t, _, unflat, _ = _one_problem(method, inst, size)
         for r in range(restarts):
             start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
@@ -105,7 +129,7 @@ def run_adam(insts, name, options, size, restarts, steps):
                 res.square().sum().backward()
                 opt.step()
             if _replayed(method, inst, unflat(theta.detach())):
-                solved += 1
+                solved[-1] = True
                 break
     return solved
 
@@ -117,14 +141,15 @@ def run_search(insts, name, options, size, restarts):
     prof = get_profile("quick")
     config = SearchConfig(method=name, options=options, sizes=(size,), restarts=restarts, steps=prof.steps,
                           polish_steps=prof.polish_steps, device="cpu")
-    return sum(a.solved for a in search(insts, config, progress=False))
+    return [a.solved for a in search(insts, config, progress=False)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--family", choices=["prompt", "lora"], default="prompt")
+    parser.add_argument("--family", choices=["prompt", "lora", "prompt-scaled", "prompt-deep"], default="prompt")
     parser.add_argument("--d", default="4,8,16")
-    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--problems", type=int, default=64, help="instances per d, all searched by search()")
+    parser.add_argument("--ls-problems", type=int, default=0, help="least_squares runs on the first N (0: all)")
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adam-steps", type=int, default=2000)
@@ -136,34 +161,37 @@ def main() -> None:
     rows = []
     for d in (int(v) for v in args.d.split(",")):
         insts, name, options, size = _instances(args.family, d, args.problems, args.seed)
+        n_ls = min(len(insts), args.ls_problems or len(insts))
+        n_adam = min(len(insts), args.adam_problems)
+        counts = {"search": len(insts), "least_squares": n_ls, "adam": n_adam}
         sides = {"search": lambda: run_search(insts, name, options, size, args.restarts),
-                 "least_squares": lambda: run_least_squares(insts, name, options, size, args.restarts, args.ls_jac),
-                 "adam": lambda: run_adam(insts[:args.adam_problems], name, options, size, args.restarts,
-                                          args.adam_steps)}
+                 "least_squares": lambda: run_least_squares(insts[:n_ls], name, options, size, args.restarts,
+                                                            args.ls_jac),
+                 "adam": lambda: run_adam(insts[:n_adam], name, options, size, args.restarts, args.adam_steps)}
         times: dict[str, list[float]] = {k: [] for k in sides}
-        solved: dict[str, int] = {}
+        solved: dict[str, list[bool]] = {}
         for rep in range(args.repeats):
             order = list(sides) if rep % 2 == 0 else list(reversed(sides))
             for side in order:
                 t0 = time.perf_counter()
                 solved[side] = sides[side]()
                 times[side].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        per = {"search": med["search"] / len(insts), "least_squares": med["least_squares"] / len(insts),
-               "adam": med["adam"] / min(len(insts), args.adam_problems)}
-        row = {"d": d, "family": args.family, "problems": len(insts), "seconds_per_instance": per,
-               "recall": {"search": solved["search"] / len(insts),
-                          "least_squares": solved["least_squares"] / len(insts),
-                          "adam": solved["adam"] / min(len(insts), args.adam_problems)},
+        per = {k: statistics.median(v) / counts[k] for k, v in times.items()}
+        recall = {k: sum(v) / len(v) for k, v in solved.items()}
+        # recall compared on the same instances: search's on each per-instance solver's subset
+        same = {"least_squares": sum(solved["search"][:n_ls]) / n_ls, "adam": sum(solved["search"][:n_adam]) / n_adam}
+        row = {"d": d, "family": args.family, "problems": counts, "seconds_per_instance": per, "recall": recall,
+               "search_recall_on_same_subset": same,
                "search_speedup_vs_least_squares": per["least_squares"] / per["search"],
                "search_speedup_vs_adam": per["adam"] / per["search"]}
         rows.append(row)
         print(f"d={d:>3} {args.family}: s/instance search {per['search']:.4f}, least_squares "
-              f"{per['least_squares']:.4f}, adam {per['adam']:.4f}; recall {row['recall']['search']:.0%} / "
-              f"{row['recall']['least_squares']:.0%} / {row['recall']['adam']:.0%}; search is "
+              f"{per['least_squares']:.4f}, adam {per['adam']:.4f}; recall search {recall['search']:.1%} "
+              f"({same['least_squares']:.1%} on least_squares' {n_ls}), least_squares {recall['least_squares']:.1%}, "
+              f"adam {recall['adam']:.1%} (search {same['adam']:.1%} on those {n_adam}); search is "
               f"{row['search_speedup_vs_least_squares']:.2f}x least_squares, "
               f"{row['search_speedup_vs_adam']:.1f}x adam", flush=True)
-    print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
+    print(json.dumps({"threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "rows": rows}))
 
 
 if __name__ == "__main__":

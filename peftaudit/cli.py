@@ -420,7 +420,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json()))
     else:
         print(f"calibration of {args.method} search at the planted size: recall {result.recall:.1%} "
-              f"({result.solved}/{result.total})")
+              f"({result.solved}/{result.total}) in {result.seconds:.1f} s "
+              f"({result.seconds_per_instance:.3f} s per instance)")
         for key, (ok, total) in result.by_group.items():
             print(f"  {key:<16} {ok}/{total}")
         for i, d, size, err in result.failures[:10]:

@@ -125,6 +125,34 @@ def planted_prompt_instance(rng: np.random.Generator, d: int, length: int, *,
                                                                        "prompt": prompt.tolist()}})
 
 
+def planted_ill_conditioned_prompt_instance(rng: np.random.Generator, d: int, length: int, weak: float, *,
+                                            targets: Literal["last", "all"] = "all") -> Instance:
+    """A planted prompt instance whose solution is ill-conditioned: the first attention layer reads
+    the last ceil(d/2) coordinates of every token through columns scaled by `weak` (e.g. 1e-5),
+    so the Jacobian of the outputs in the prompt has singular values ~`weak` times the largest.
+    The targets still depend on those coordinates beyond the 1e-8 tolerance (for weak >= 1e-6), so
+    a search must resolve them: the near misses of issue 9 as a family of their own."""
+    if not 0 < weak <= 1:
+        raise InputError("weak", weak, "a scale in (0, 1]")
+    spec = simple_spec(d)
+    weights = model_weights(rng, spec)
+    cols = np.ones(d)
+    cols[d - (d + 1) // 2:] = weak
+    for name in weights:
+        if name.startswith("layers.0.heads.") and name.rsplit(".", 1)[-1] in ("Wq", "Wk", "Wv"):
+            weights[name] = weights[name] * cols[None, :]
+    X = rng.normal(size=(2, 2, d))
+    X[:, -1, :] = X[0, -1, :]
+    prompt = rng.normal(size=(length, d))
+    Y = model_outputs(spec, weights, X, prompt)
+    if targets == "last":
+        Y = Y[:, -1:, :]
+    return make_instance(spec, weights, list(zip(X, Y)),
+                         meta={"family": "planted-prompt-ill-conditioned",
+                               "planted": {"method": "prompt", "length": length, "prompt": prompt.tolist(),
+                                           "weak": weak}})
+
+
 def planted_lora_instance(rng: np.random.Generator, d: int, rank: int = 1, lora_targets: str = "v", *,
                           examples: int = 2, tokens: int = 2, targets: Literal["last", "all"] = "last",
                           l1_shape: bool = True) -> Instance:

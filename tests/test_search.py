@@ -224,3 +224,32 @@ def test_later_rounds_double_the_restarts_of_unsolved_problems():
     finally:
         engine._optimize_chunk = real
     assert seen[:3] == [4, 8, 16]
+
+
+def test_ill_conditioned_planted_family_is_ill_conditioned_and_solved():
+    """The calibration's near-miss family: Jacobian singular values span 1e-6 or more at the planted
+    prompt, and the search still finds a replayed solution."""
+    from peftaudit.models.methods import get_method
+    from peftaudit.models.transformer import to_torch
+    from peftaudit.search.optimize import jacobian
+    from peftaudit.strategies.instances import planted_ill_conditioned_prompt_instance
+
+    inst = planted_ill_conditioned_prompt_instance(np.random.default_rng(3), 4, 2, 1e-5)
+    W, X = to_torch(inst.weights), torch.as_tensor(inst.inputs())[None]
+    Y = torch.as_tensor(inst.targets())[None]
+    planted = torch.as_tensor(np.array(inst.meta["planted"]["prompt"])).reshape(1, -1)
+    method = get_method("prompt")
+
+    def residuals(t):
+        return (method.outputs(inst.spec, W, {"prompt": t.reshape(1, 2, 4)}, X)[:, :, -Y.shape[2]:] - Y).reshape(1, -1)
+
+    sv = torch.linalg.svdvals(jacobian(residuals, planted, Y.numel())[0])
+    assert sv.min() / sv.max() < 1e-6
+    attempts = search([inst], SearchConfig(sizes=(2,), **FAST), progress=False)
+    assert attempts[0].solved
+
+
+def test_calibration_reports_ill_conditioned_groups_and_time():
+    cal = calibrate("prompt", 10, SearchConfig(**FAST), dims=(2, 3), progress=False)
+    assert any(k.endswith("ill-conditioned") for k in cal.by_group)
+    assert cal.seconds > 0 and cal.to_json()["seconds_per_instance"] == pytest.approx(cal.seconds / 10)

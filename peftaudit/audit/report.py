@@ -186,7 +186,9 @@ def markdown(report: dict) -> str:
     cal = report.get("calibration") or {}
     if cal:
         lines += ["", "Calibration (search recall on planted instances at the planted size): " +
-                  ", ".join(f"{k} {v['recall']:.1%} ({v['solved']}/{v['total']})" for k, v in cal.items()) + "."]
+                  ", ".join(f"{k} {v['recall']:.1%} ({v['solved']}/{v['total']}"
+                            + (f", {v['seconds_per_instance']:.2f} s per instance" if "seconds_per_instance" in v else "")
+                            + ")" for k, v in cal.items()) + "."]
     ablations = [c for c in report["claims"] if c.get("dropped")]
     if ablations:
         lines += ["", "Load-bearing conditions: each statement below drops one condition of its parent claim and is "

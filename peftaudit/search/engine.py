@@ -33,7 +33,7 @@ from .problems import bytes_per_problem, group_instances, resolve_device, stacke
 DEFAULT_MAX_MEMORY_MB = 2048
 SOLVED_MAX_ERROR = 1e-8
 FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
-FINISH_FACTOR = 5   # their finishing pass runs this many times the polish steps
+FINISH_FACTOR = 20  # their finishing pass runs up to this many times the polish steps
 FINISH_STALL_FRACTION = 1e-6  # and stops only when a check window gains less than this fraction
 
 
@@ -191,8 +191,10 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     finishing = start is not None  # a finish is patient: it stops only when truly stalled
     stall = FINISH_STALL_FRACTION if finishing else STALL_FRACTION
     hopeless = 0.0 if finishing else O.HOPELESS_SLACK
+    mu_start = O.MU_MIN if finishing else O.MU_START  # near a solution, start as Gauss-Newton
     lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
                                              done_error=done_error, project=project, stall_fraction=stall, hopeless_slack=hopeless,
+                                             mu_start=mu_start,
                                              on_step=count)
     everyone = torch.arange(theta0.shape[0], device=device)
     theta, loss, err = lm(theta0, everyone)

@@ -21,6 +21,7 @@ Project = Callable[[Tensor], Tensor]  # theta (b, P) -> theta on the norm ball
 CHECK_EVERY = 8        # steps between convergence checks (the only host syncs on CUDA)
 STALL_FRACTION = 1e-3  # LM: a problem whose loss fell by less than this fraction in a check window has stalled
 HOPELESS_SLACK = 3.0   # LM drops a problem that, at its current rate, would need over 3x the steps left
+MU_START = 1e-3        # LM initial damping, relative to the largest diagonal of the normal system
 MU_MAX = 1e12          # LM damping ceiling; a problem pinned there makes no progress
 MU_MIN = 1e-16         # LM damping floor, relative to the largest diagonal of the normal system: low
                        # enough to resolve singular values ~1e-7 of the largest (ill-conditioned solutions)
@@ -153,6 +154,7 @@ def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Te
 def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps: int, *,
                         done_error: float = 0.0, project: Project | None = None,
                         stall_fraction: float = STALL_FRACTION, hopeless_slack: float = 0.0,
+                        mu_start: float = MU_START,
                         on_step: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Batched Levenberg-Marquardt from theta (B, P) with per-problem damping, in theta's dtype.
 
@@ -170,7 +172,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     svd_fallback = theta.device.type == "cpu"
     idx = (err > done_error).nonzero().squeeze(1)                        # (b,) problems still running
     th, d, rr, ls = theta[idx], take(data, idx), r[idx], loss[idx]
-    mu = torch.full_like(ls, 1e-3)                                       # (b,)
+    mu = torch.full_like(ls, mu_start)                                   # (b,)
     nu = torch.full_like(ls, 2.0)                                        # (b,) growth factor on rejection
     window_start = ls.clone()
     for step in range(1, steps + 1):
