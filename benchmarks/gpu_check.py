@@ -8,7 +8,10 @@ Three parts, each printing a line of its own and one JSON object last:
    `solved` must agree instance by instance (planted: solved; L1: never);
 2. throughput: batched Adam steps at d = D on PROBLEMS problems, CUDA against CPU, as
    instance-steps per second and their ratio (the CPU side runs fewer steps; rates compare);
-3. the same for Levenberg-Marquardt steps (the CPU side on fewer problems: its Jacobians are slow).
+3. time to solution: `search()` with the quick budget on planted prompt instances at d = D
+   (PROBLEMS / 4 instances x 4 restarts on CUDA, `--cpu-instances` of them on the CPU), seconds
+   per instance and recall on each side, and their ratio. Levenberg-Marquardt drops finished
+   problems from its batch, so a step count is no measure of work: this is.
 """
 
 from __future__ import annotations
@@ -69,36 +72,52 @@ def verdicts(seed: int, devices=("cpu", "cuda")) -> dict:
     return out
 
 
-def throughput(problems: int, d: int, adam_steps: int, cpu_adam_steps: int, lm_steps: int, cpu_lm_steps: int,
-               cpu_lm_problems: int) -> dict:
-    """Instance-steps per second of the batched engine, CUDA against CPU, same problems."""
+def throughput(problems: int, d: int, adam_steps: int, cpu_adam_steps: int) -> dict:
+    """Adam instance-steps per second of the batched engine, CUDA against CPU, same problems."""
     from peftaudit.search.engine import SearchConfig
     from peftaudit.strategies.instances import planted_prompt_instance
 
     restarts = 4
     rng = np.random.default_rng(1)
     insts = [planted_prompt_instance(rng, d, 2) for _ in range(problems // restarts)]
-    base = dict(sizes=(2,), restarts=restarts, rounds=1, tolerance=0.0, max_memory_mb=16384)
+    base = dict(sizes=(2,), restarts=restarts, rounds=1, tolerance=0.0, max_memory_mb=16384, polish_steps=0)
     rates = {}
-    for device, steps, lm in (("cuda", adam_steps, lm_steps), ("cpu", cpu_adam_steps, cpu_lm_steps)):
-        # warm-up (CUDA context, kernels, allocator) on a small slice
-        _timed_search(insts[:8], SearchConfig(device=device, steps=2, polish_steps=1, **base))
-        t_adam = _timed_search(insts, SearchConfig(device=device, steps=steps, polish_steps=0, **base))
-        # LM on the CPU is slow at d = 64 (a (R, P) Jacobian and its SVD per problem): fewer problems there
-        lm_insts = insts if device == "cuda" else insts[:max(1, cpu_lm_problems // restarts)]
-        t_lm = _timed_search(lm_insts, SearchConfig(device=device, steps=0, polish_steps=lm, **base))
-        lm_problems = len(lm_insts) * restarts
-        rates[device] = {"adam_steps_per_s": problems * steps / t_adam, "lm_steps_per_s": lm_problems * lm / t_lm,
-                         "lm_problems": lm_problems,
-                         "adam_s": t_adam, "lm_s": t_lm, "adam_steps": steps, "lm_steps": lm}
+    for device, steps in (("cuda", adam_steps), ("cpu", cpu_adam_steps)):
+        _timed_search(insts[:8], SearchConfig(device=device, steps=2, **base))  # warm-up
+        t_adam = _timed_search(insts, SearchConfig(device=device, steps=steps, **base))
+        rates[device] = {"adam_steps_per_s": problems * steps / t_adam, "adam_s": t_adam, "adam_steps": steps}
         print(f"throughput {device}: Adam {rates[device]['adam_steps_per_s']:,.0f} instance-steps/s "
-              f"({steps} steps in {t_adam:.1f} s), LM {rates[device]['lm_steps_per_s']:,.0f} "
-              f"({lm} steps in {t_lm:.1f} s)", flush=True)
+              f"({steps} steps in {t_adam:.1f} s)", flush=True)
     rates["adam_ratio"] = rates["cuda"]["adam_steps_per_s"] / rates["cpu"]["adam_steps_per_s"]
-    rates["lm_ratio"] = rates["cuda"]["lm_steps_per_s"] / rates["cpu"]["lm_steps_per_s"]
-    print(f"ratio cuda/cpu at d={d}, {problems} problems: Adam {rates['adam_ratio']:.1f}x, "
-          f"LM {rates['lm_ratio']:.1f}x", flush=True)
+    print(f"ratio cuda/cpu at d={d}, {problems} problems: Adam {rates['adam_ratio']:.1f}x", flush=True)
     return rates
+
+
+def time_to_solution(problems: int, d: int, cpu_instances: int) -> dict:
+    """search() with the quick budget to replayed solutions, CUDA against CPU, seconds per instance."""
+    from peftaudit.search.engine import SearchConfig, search
+    from peftaudit.settings import get_profile
+    from peftaudit.strategies.instances import planted_prompt_instance
+
+    prof = get_profile("quick")
+    rng = np.random.default_rng(2)
+    insts = [planted_prompt_instance(rng, d, 2) for _ in range(problems // 4)]
+    out = {}
+    for device, part in (("cuda", insts), ("cpu", insts[:cpu_instances])):
+        config = SearchConfig(sizes=(2,), restarts=4, steps=prof.steps, polish_steps=prof.polish_steps, rounds=1,
+                              device=device, max_memory_mb=16384)
+        _timed_search(part[:2], config)  # warm-up
+        t0 = time.perf_counter()
+        solved = [a.solved for a in search(part, config, progress=False)]
+        seconds = time.perf_counter() - t0
+        out[device] = {"instances": len(part), "seconds": seconds, "seconds_per_instance": seconds / len(part),
+                       "recall": sum(solved) / len(solved),
+                       "recall_on_cpu_subset": sum(solved[:cpu_instances]) / min(cpu_instances, len(solved))}
+        print(f"time to solution {device}: {len(part)} instances at d={d} in {seconds:.1f} s "
+              f"({seconds / len(part):.4f} s per instance), recall {out[device]['recall']:.1%}", flush=True)
+    out["ratio"] = out["cpu"]["seconds_per_instance"] / out["cuda"]["seconds_per_instance"]
+    print(f"ratio cpu/cuda seconds per instance at d={d}: {out['ratio']:.1f}x", flush=True)
+    return out
 
 
 def main() -> None:
@@ -107,9 +126,7 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--adam-steps", type=int, default=100)
     parser.add_argument("--cpu-adam-steps", type=int, default=10)
-    parser.add_argument("--lm-steps", type=int, default=10)
-    parser.add_argument("--cpu-lm-steps", type=int, default=1)
-    parser.add_argument("--cpu-lm-problems", type=int, default=256)
+    parser.add_argument("--cpu-instances", type=int, default=16, help="time to solution: CPU side instances")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -118,8 +135,8 @@ def main() -> None:
     print(f"device {props.name}, torch {torch.__version__}, CPU threads {torch.get_num_threads()}", flush=True)
     result = {"device": props.name, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
               "verdicts": verdicts(args.seed),
-              "throughput": throughput(args.problems, args.d, args.adam_steps, args.cpu_adam_steps,
-                                       args.lm_steps, args.cpu_lm_steps, args.cpu_lm_problems)}
+              "throughput": throughput(args.problems, args.d, args.adam_steps, args.cpu_adam_steps),
+              "time_to_solution": time_to_solution(args.problems, args.d, args.cpu_instances)}
     print(json.dumps(result))
 
 

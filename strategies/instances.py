@@ -104,15 +104,29 @@ def planted_prompt_instance(rng: np.random.Generator, d: int, length: int, *,
                             mlp: Literal["residual", "plain"] = "residual",
                             attention: Literal["encoder", "causal"] = "encoder",
                             layers: int = 1, examples: int = 2, tokens: int = 2,
-                            targets: Literal["last", "all"] = "all", l1_shape: bool = True) -> Instance:
+                            targets: Literal["last", "all"] = "all", l1_shape: bool = True,
+                            weak: float | None = None) -> Instance:
     """Targets are the outputs under a hidden random prompt of `length` tokens: memorizable.
 
     l1_shape: the examples share their last token (so L1's certifier applies to them).
+    weak: make the solution ill-conditioned: the first attention layer reads the last ceil(d/2)
+    coordinates of every token through columns scaled by `weak` (e.g. 1e-5), so the Jacobian of
+    the outputs in the prompt has singular values ~`weak` times the largest, while the targets
+    still depend on those coordinates beyond the 1e-8 tolerance (for weak >= 1e-6): the near
+    misses of issue 9, as a calibration family of their own.
     """
     if length < 1:
         raise InputError("length", length, "a positive prompt length")
+    if weak is not None and not 0 < weak <= 1:
+        raise InputError("weak", weak, "a scale in (0, 1]")
     spec = simple_spec(d, layers=layers, mlp=mlp, attention=attention)
     weights = model_weights(rng, spec)
+    if weak is not None:
+        cols = np.ones(d)
+        cols[d - (d + 1) // 2:] = weak
+        for name in weights:
+            if name.startswith("layers.0.heads.") and name.rsplit(".", 1)[-1] in ("Wq", "Wk", "Wv"):
+                weights[name] = weights[name] * cols[None, :]
     X = rng.normal(size=(examples, tokens, d))
     if l1_shape:
         X[:, -1, :] = X[0, -1, :]
@@ -120,37 +134,11 @@ def planted_prompt_instance(rng: np.random.Generator, d: int, length: int, *,
     Y = model_outputs(spec, weights, X, prompt)
     if targets == "last":
         Y = Y[:, -1:, :]
-    return make_instance(spec, weights, list(zip(X, Y)),
-                         meta={"family": "planted-prompt", "planted": {"method": "prompt", "length": length,
-                                                                       "prompt": prompt.tolist()}})
-
-
-def planted_ill_conditioned_prompt_instance(rng: np.random.Generator, d: int, length: int, weak: float, *,
-                                            targets: Literal["last", "all"] = "all") -> Instance:
-    """A planted prompt instance whose solution is ill-conditioned: the first attention layer reads
-    the last ceil(d/2) coordinates of every token through columns scaled by `weak` (e.g. 1e-5),
-    so the Jacobian of the outputs in the prompt has singular values ~`weak` times the largest.
-    The targets still depend on those coordinates beyond the 1e-8 tolerance (for weak >= 1e-6), so
-    a search must resolve them: the near misses of issue 9 as a family of their own."""
-    if not 0 < weak <= 1:
-        raise InputError("weak", weak, "a scale in (0, 1]")
-    spec = simple_spec(d)
-    weights = model_weights(rng, spec)
-    cols = np.ones(d)
-    cols[d - (d + 1) // 2:] = weak
-    for name in weights:
-        if name.startswith("layers.0.heads.") and name.rsplit(".", 1)[-1] in ("Wq", "Wk", "Wv"):
-            weights[name] = weights[name] * cols[None, :]
-    X = rng.normal(size=(2, 2, d))
-    X[:, -1, :] = X[0, -1, :]
-    prompt = rng.normal(size=(length, d))
-    Y = model_outputs(spec, weights, X, prompt)
-    if targets == "last":
-        Y = Y[:, -1:, :]
-    return make_instance(spec, weights, list(zip(X, Y)),
-                         meta={"family": "planted-prompt-ill-conditioned",
-                               "planted": {"method": "prompt", "length": length, "prompt": prompt.tolist(),
-                                           "weak": weak}})
+    planted = {"method": "prompt", "length": length, "prompt": prompt.tolist()}
+    if weak is not None:
+        planted["weak"] = weak
+    family = "planted-prompt" if weak is None else "planted-prompt-ill-conditioned"
+    return make_instance(spec, weights, list(zip(X, Y)), meta={"family": family, "planted": planted})
 
 
 def planted_lora_instance(rng: np.random.Generator, d: int, rank: int = 1, lora_targets: str = "v", *,

@@ -232,9 +232,7 @@ def test_ill_conditioned_planted_family_is_ill_conditioned_and_solved():
     from peftaudit.models.methods import get_method
     from peftaudit.models.transformer import to_torch
     from peftaudit.search.optimize import jacobian
-    from peftaudit.strategies.instances import planted_ill_conditioned_prompt_instance
-
-    inst = planted_ill_conditioned_prompt_instance(np.random.default_rng(3), 4, 2, 1e-5)
+    inst = planted_prompt_instance(np.random.default_rng(3), 4, 2, weak=1e-5)
     W, X = to_torch(inst.weights), torch.as_tensor(inst.inputs())[None]
     Y = torch.as_tensor(inst.targets())[None]
     planted = torch.as_tensor(np.array(inst.meta["planted"]["prompt"])).reshape(1, -1)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from peftaudit.errors import InputError
-from peftaudit.strategies.instances import (planted_ill_conditioned_prompt_instance, planted_lora_instance,
-                                            planted_prompt_instance)
+from peftaudit.strategies.instances import planted_lora_instance, planted_prompt_instance
 
 from .engine import SearchConfig, search
 
@@ -61,8 +60,7 @@ def planted_set(method: str, count: int, seed: int, dims: tuple[int, ...] = (2, 
         if method == "prompt" and i % ILL_CONDITIONED_EVERY == ILL_CONDITIONED_EVERY - 1:
             length = int(rng.integers(1, max_length + 1))
             weak = float(rng.choice(WEAK_SCALES))
-            out.append(planted_ill_conditioned_prompt_instance(rng, d, length, weak,
-                                                               targets="all" if i % 2 else "last"))
+            out.append(planted_prompt_instance(rng, d, length, targets="all" if i % 2 else "last", weak=weak))
         elif method == "prompt":
             length = int(rng.integers(1, max_length + 1))
             out.append(planted_prompt_instance(rng, d, length, attention="causal" if i % 3 == 0 else "encoder",

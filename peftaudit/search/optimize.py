@@ -202,7 +202,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
             continue
         theta[idx], loss[idx], err[idx] = th, ls, _max_error(rr)
         keep = (_max_error(rr) > done_error) & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
-        if hopeless_slack:
+        if hopeless_slack and done_error > 0:
             # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
             windows_left = (steps - step) / CHECK_EVERY + 1
             need = torch.log(ls / max(done_error, 1e-300) ** 2).clamp_min(0)       # (b,) nats to go
