@@ -5,6 +5,10 @@ Run by hand: `python benchmarks/search_throughput.py [--instances 256] [--restar
 hand: one problem at a time, an nn.Parameter prompt and torch.optim.Adam. Both run the same
 number of Adam steps on the same model and data; the loop runs on the first --loop-problems
 problems (rates are per instance-step, so they compare). Last line: one JSON object.
+
+This measures Adam step throughput only (no Levenberg-Marquardt, no replay deciding "solved"):
+what a batch of fixed-step work costs. Time to a replayed solution, against the solvers a user
+would pick instead, is `search_vs_least_squares.py`.
 """
 
 import argparse

@@ -251,3 +251,20 @@ def test_calibration_reports_ill_conditioned_groups_and_time():
     cal = calibrate("prompt", 10, SearchConfig(**FAST), dims=(2, 3), progress=False)
     assert any(k.endswith("ill-conditioned") for k in cal.by_group)
     assert cal.seconds > 0 and cal.to_json()["seconds_per_instance"] == pytest.approx(cal.seconds / 10)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "prefix-kv"])
+def test_every_prompt_like_method_solves_a_planted_one_layer_prompt(method):
+    """In one layer a prompt token acts only as a key and a value, so every prompt-like method can
+    represent the planted prompt: LM-first search must find a replayed solution with each."""
+    inst = planted_prompt_instance(np.random.default_rng(21), 3, 1, targets="last")
+    attempts = search([inst], SearchConfig(method=method, sizes=(1,), **FAST), progress=False)
+    assert attempts[0].solved
+
+
+def test_norm_bounded_search_stays_in_the_ball_and_still_solves():
+    inst = planted_prompt_instance(np.random.default_rng(22), 3, 1, targets="last")
+    bound = 1.01 * float(np.linalg.norm(np.array(inst.meta["planted"]["prompt"]), axis=1).max())
+    attempts = search([inst], SearchConfig(sizes=(1,), norm_bound=bound, **FAST), progress=False)
+    assert attempts[0].solved
+    assert np.linalg.norm(attempts[0].adapter["prompt"], axis=1).max() <= bound * (1 + 1e-12)
