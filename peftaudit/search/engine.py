@@ -27,7 +27,7 @@ from peftaudit.models.methods import get_method
 from peftaudit.models.methods.base import Method
 
 from . import optimize as O
-from .optimize import STALL_FRACTION, adam, flat, levenberg_marquardt, take, unflat
+from .optimize import STALL_FRACTION, adam, flat, levenberg_marquardt, solved_owners, take, unflat
 from .problems import bytes_per_problem, group_instances, resolve_device, stacked
 
 DEFAULT_MAX_MEMORY_MB = 2048
@@ -162,9 +162,11 @@ def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[
 
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
                     device: torch.device, bar: tqdm | None,
-                    start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                    start: dict[str, torch.Tensor] | None = None,
+                    owners: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Levenberg-Marquardt first; the problems it leaves stuck explore with Adam from a fresh
-    random point and get a second LM pass. Returns each problem's best trainable tensors."""
+    random point and get a second LM pass. `owners` (the instance of each row) ends all restarts
+    of an instance at its first solved one. Returns each problem's best trainable tensors."""
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
@@ -192,13 +194,17 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     stall = FINISH_STALL_FRACTION if finishing else STALL_FRACTION
     hopeless = 0.0 if finishing else O.HOPELESS_SLACK
     mu_start = O.MU_MIN if finishing else O.MU_START  # near a solution, start as Gauss-Newton
+    owner = None if owners is None else torch.as_tensor(list(owners), device=device)  # (B,)
     lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
-                                             done_error=done_error, project=project, stall_fraction=stall, hopeless_slack=hopeless,
-                                             mu_start=mu_start,
-                                             on_step=count)
+                                             done_error=done_error, project=project, stall_fraction=stall,
+                                             hopeless_slack=hopeless, mu_start=mu_start,
+                                             owners=None if owner is None else owner[idx], on_step=count)
     everyone = torch.arange(theta0.shape[0], device=device)
     theta, loss, err = lm(theta0, everyone)
-    stuck = (err > done_error).nonzero().squeeze(1)                       # (s,)
+    unsolved = err > done_error                                           # (B,)
+    if owner is not None:  # an instance with a solved restart needs no more
+        unsolved &= ~solved_owners(owner, ~unsolved)[owner]
+    stuck = unsolved.nonzero().squeeze(1)                                 # (s,)
     if config.steps and stuck.numel():
         per_step = (lambda _s, n=stuck.numel(): bar.update(n)) if bar is not None else None
         fresh = flat(method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device))[stuck]  # (s,P)
@@ -279,7 +285,8 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                         weights, X, Y = stacked(instances, part, device)
                         before = bar.n
                         found = _optimize_chunk(method, group.spec, weights, X, Y, size,
-                                                _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar)
+                                                _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar,
+                                                owners=part)
                         bar.update(max(0, len(part) * per_problem - (bar.n - before)))
                         arrays = {name: t.cpu().numpy() for name, t in found.items()}
                         losses, errors = replay_batch(method, instances, part, arrays)

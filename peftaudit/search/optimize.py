@@ -151,16 +151,24 @@ def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Te
     return torch.func.vmap(lambda c: pullback(c)[0], out_dims=1)(cotangents)  # (b,R,P)
 
 
+def solved_owners(owners: Tensor, solved: Tensor) -> Tensor:
+    """(max owner + 1,) flags: owner o has a solved problem (owners, solved: (B,))."""
+    flags = torch.zeros(int(owners.max()) + 1 if owners.numel() else 0, dtype=torch.bool, device=owners.device)
+    return flags.index_fill_(0, owners[solved], True)
+
+
 def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps: int, *,
                         done_error: float = 0.0, project: Project | None = None,
                         stall_fraction: float = STALL_FRACTION, hopeless_slack: float = 0.0,
                         mu_start: float = MU_START,
+                        owners: Tensor | None = None,
                         on_step: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Batched Levenberg-Marquardt from theta (B, P) with per-problem damping, in theta's dtype.
 
     Every CHECK_EVERY steps, problems whose max abs residual is at most `done_error`, whose loss
     fell by less than `stall_fraction` over the window, or whose damping hit MU_MAX leave the
-    batch. Returns each problem's final point, loss and max abs residual (accepted steps only
+    batch; with `owners` (B,) (the instance each problem is a restart of), so do the siblings of
+    a finished problem: the first solved restart ends an instance. Returns each problem's final point, loss and max abs residual (accepted steps only
     ever lower the loss, so the final point is the best one). `on_step(n)` gets the problems
     still in the batch after each step.
     """
@@ -170,7 +178,10 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     loss, err = _loss(r), _max_error(r)                                  # (B,) (B,)
 
     svd_fallback = theta.device.type == "cpu"
-    idx = (err > done_error).nonzero().squeeze(1)                        # (b,) problems still running
+    running = err > done_error                                           # (B,)
+    if owners is not None:
+        running &= ~solved_owners(owners, ~running)[owners]
+    idx = running.nonzero().squeeze(1)                                   # (b,) problems still running
     th, d, rr, ls = theta[idx], take(data, idx), r[idx], loss[idx]
     mu = torch.full_like(ls, mu_start)                                   # (b,)
     nu = torch.full_like(ls, 2.0)                                        # (b,) growth factor on rejection
@@ -201,7 +212,10 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
         if step % CHECK_EVERY and step != steps:
             continue
         theta[idx], loss[idx], err[idx] = th, ls, _max_error(rr)
-        keep = (_max_error(rr) > done_error) & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
+        finished = _max_error(rr) <= done_error                           # (b,)
+        keep = ~finished & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
+        if owners is not None:
+            keep &= ~solved_owners(owners, err <= done_error)[owners[idx]]
         if hopeless_slack and done_error > 0:
             # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
             windows_left = (steps - step) / CHECK_EVERY + 1
