@@ -27,7 +27,7 @@ from peftaudit.models.methods import get_method
 from peftaudit.models.methods.base import Method
 
 from . import optimize as O
-from .optimize import STALL_FRACTION, adam, flat, levenberg_marquardt, solved_owners, take, unflat
+from .optimize import adam, flat, levenberg_marquardt, solved_owners, take, unflat
 from .problems import bytes_per_problem, group_instances, resolve_device, stacked
 
 DEFAULT_MAX_MEMORY_MB = 2048
@@ -191,7 +191,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
         theta0 = project(theta0)  # start inside the ball
     count = (lambda n: bar.update(n)) if bar is not None else None
     finishing = start is not None  # a finish is patient: it stops only when truly stalled
-    stall = FINISH_STALL_FRACTION if finishing else STALL_FRACTION
+    stall = FINISH_STALL_FRACTION if finishing else O.STALL_FRACTION
     hopeless = 0.0 if finishing else O.HOPELESS_SLACK
     mu_start = O.MU_MIN if finishing else O.MU_START  # near a solution, start as Gauss-Newton
     owner = None if owners is None else torch.as_tensor(list(owners), device=device)  # (B,)
