@@ -88,9 +88,9 @@ def _replayed(method, inst, adapter) -> bool:
     return replay(method, inst, {k: v.detach().numpy()[0] for k, v in adapter.items()})[1] <= 1e-8
 
 
-def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
-    from scipy.optimize import least_squares
-
+def _per_instance(insts, name, options, size, restarts, solve) -> list[bool]:
+    """Each instance on its own: up to `restarts` seeded starts, stopping at the first whose
+    result replays as solved. solve(residual_t, jac, x0) -> theta, all flat float64 tensors."""
     from peftaudit.models.methods import get_method
 
     method, solved = get_method(name, **options), []
@@ -99,39 +99,39 @@ def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
         residual_t, jac, unflat, _ = _one_problem(method, inst, size)
         for r in range(restarts):
             start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
-            x0 = torch.cat([v.reshape(-1) for v in start.values()]).numpy()
-            fit = least_squares(lambda x: residual_t(torch.as_tensor(x)).numpy(), x0,
-                                jac=(lambda x: jac(torch.as_tensor(x)).numpy()) if jac_kind == "torch" else "2-point",
-                                method="lm",
-                                xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200 * len(x0))
-            if _replayed(method, inst, unflat(torch.as_tensor(fit.x))):
-                solved[-1] = True
-                break
-    return solved
-
-
-def run_adam(insts, name, options, size, restarts, steps):
-    from peftaudit.models.methods import get_method
-
-    method, solved = get_method(name, **options), []
-    for i, inst in enumerate(insts):
-        solved.append(False)
-        residual_t, _, unflat, _ = _one_problem(method, inst, size)
-        for r in range(restarts):
-            start = method.init(inst.spec, 1, size, torch.Generator().manual_seed(1000 * i + r))
-            theta = torch.cat([v.reshape(-1) for v in start.values()]).requires_grad_(True)
-            opt = torch.optim.Adam([theta], lr=0.1)
-            for step in range(steps):
-                opt.zero_grad()
-                res = residual_t(theta)
-                if step % 50 == 0 and res.detach().abs().max() <= 1e-9:
-                    break
-                res.square().sum().backward()
-                opt.step()
+            theta = solve(residual_t, jac, torch.cat([v.reshape(-1) for v in start.values()]))
             if _replayed(method, inst, unflat(theta.detach())):
                 solved[-1] = True
                 break
     return solved
+
+
+def run_least_squares(insts, name, options, size, restarts, jac_kind="torch"):
+    from scipy.optimize import least_squares
+
+    def solve(residual_t, jac, x0):
+        fit = least_squares(lambda x: residual_t(torch.as_tensor(x)).numpy(), x0.numpy(),
+                            jac=(lambda x: jac(torch.as_tensor(x)).numpy()) if jac_kind == "torch" else "2-point",
+                            method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=200 * len(x0))
+        return torch.as_tensor(fit.x)
+
+    return _per_instance(insts, name, options, size, restarts, solve)
+
+
+def run_adam(insts, name, options, size, restarts, steps):
+    def solve(residual_t, _jac, x0):
+        theta = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([theta], lr=0.1)
+        for step in range(steps):
+            opt.zero_grad()
+            res = residual_t(theta)
+            if step % 50 == 0 and res.detach().abs().max() <= 1e-9:
+                break
+            res.square().sum().backward()
+            opt.step()
+        return theta
+
+    return _per_instance(insts, name, options, size, restarts, solve)
 
 
 def run_search(insts, name, options, size, restarts):

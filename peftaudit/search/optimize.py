@@ -211,9 +211,9 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
             on_step(idx.numel())
         if step % CHECK_EVERY and step != steps:
             continue
-        theta[idx], loss[idx], err[idx] = th, ls, _max_error(rr)
-        finished = _max_error(rr) <= done_error                           # (b,)
-        keep = ~finished & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
+        row_err = _max_error(rr)                                          # (b,)
+        theta[idx], loss[idx], err[idx] = th, ls, row_err
+        keep = (row_err > done_error) & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
         if owners is not None:
             keep &= ~solved_owners(owners, err <= done_error)[owners[idx]]
         if hopeless_slack and done_error > 0:
