@@ -8,7 +8,9 @@ lies in the returned interval. A replay that decides a verdict uses the upper en
 enclosed max error (`max_error_enclosure`), never the float64 figure alone.
 
 Adapters enter as the exact model defines them: prompt tokens prepended, prefix keys/values per
-layer, low-rank updates W + B A and full updates W + D computed in intervals (never rounded).
+layer, low-rank updates W + s B A and full updates W + D, then (for module methods such as DoRA
+and IA3) row normalisation to a magnitude and row or column scaling, all computed in intervals
+(never rounded).
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ IMat = list
 
 @dataclass(frozen=True)
 class ExactAdapter:
-    """How an adapter enters the exact model (every field optional)."""
+    """How an adapter enters the exact model (every field optional). Weight updates apply in this
+    order: W + s B A (low_rank, s = 1 when left out), + D (delta), rows rescaled to the norms m
+    (row_norm: W_i <- m_i W_i / |W_i|, DoRA), then diag(r) W (row_scale; for a bias, r * b) and
+    W diag(c) (col_scale)."""
     prompt: np.ndarray | None = None                                     # (m_p, d), prepended
     prefix: Mapping[str, np.ndarray] = field(default_factory=dict)      # layer/head keys as in the forward
-    low_rank: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> (B, A)
+    low_rank: Mapping[str, tuple] = field(default_factory=dict)         # name -> (B, A) or (B, A, s)
     delta: Mapping[str, np.ndarray] = field(default_factory=dict)       # name -> D, W + D
+    row_norm: Mapping[str, np.ndarray] = field(default_factory=dict)    # name -> m (rows,)
+    row_scale: Mapping[str, np.ndarray] = field(default_factory=dict)   # name -> r (rows,)
+    col_scale: Mapping[str, np.ndarray] = field(default_factory=dict)   # name -> c (cols,)
 
 
 @contextmanager
@@ -146,10 +154,24 @@ def _weights(spec: ModelSpec, weights: Mapping[str, np.ndarray], adapter: ExactA
     W = {}
     for name, w in weights.items():
         W[name] = _imat(w) if np.ndim(w) == 2 else [_iv(x) for x in np.asarray(w, dtype=np.float64)]
-    for name, (B, A) in adapter.low_rank.items():
-        W[name] = _add(W[name], _matmul(_imat(B), _imat(A)))
+    for name, (B, A, *scale) in adapter.low_rank.items():
+        update = _matmul(_imat(B), _imat(A))
+        if scale:
+            s = _iv(scale[0])
+            update = [[s * u for u in row] for row in update]
+        W[name] = _add(W[name], update)
     for name, D in adapter.delta.items():
         W[name] = _add(W[name], _imat(D)) if np.ndim(D) == 2 else [w + _iv(x) for w, x in zip(W[name], D)]
+    for name, m in adapter.row_norm.items():
+        W[name] = [[_iv(mi) * w / iv.sqrt(iv.fsum(x * x for x in row)) for w in row]
+                   for mi, row in zip(np.asarray(m, dtype=np.float64).reshape(-1), W[name])]
+    for name, r in adapter.row_scale.items():
+        r = np.asarray(r, dtype=np.float64).reshape(-1)
+        W[name] = [[_iv(ri) * w for w in row] for ri, row in zip(r, W[name])] if isinstance(W[name][0], list) \
+            else [_iv(ri) * w for ri, w in zip(r, W[name])]
+    for name, c in adapter.col_scale.items():
+        c = [_iv(x) for x in np.asarray(c, dtype=np.float64).reshape(-1)]
+        W[name] = [[w * cj for w, cj in zip(row, c)] for row in W[name]]
     return W
 
 

@@ -27,15 +27,43 @@ from torch import Tensor, nn
 from .spec import ModelSpec
 from .transformer import LAYERNORM_EPS
 
+_HEAD_LINEAR = {"Wq": "q_proj", "Wk": "k_proj", "Wv": "v_proj", "Wo": "o_proj"}
+_MLP_PARAM = {"W1": "fc1.weight", "b1": "fc1.bias", "W2": "fc2.weight", "b2": "fc2.bias"}
+
+
+def module_name(weight: str) -> str:
+    """The module view's parameter name of a functional weight name:
+    'layers.0.heads.1.Wv' -> 'layers.0.attn.heads.1.v_proj.weight', 'layers.0.b1' -> 'layers.0.mlp.fc1.bias'."""
+    parts = weight.split(".")
+    if weight == "positional":
+        return weight
+    if len(parts) == 5 and parts[0] == "layers" and parts[2] == "heads" and parts[4] in _HEAD_LINEAR:
+        return f"layers.{parts[1]}.attn.heads.{parts[3]}.{_HEAD_LINEAR[parts[4]]}.weight"
+    if len(parts) == 3 and parts[0] == "layers" and parts[2] in _MLP_PARAM:
+        return f"layers.{parts[1]}.mlp.{_MLP_PARAM[parts[2]]}"
+    raise KeyError(weight)
+
+
+def linear_weight_name(linear: str) -> str:
+    """The functional weight name of a linear submodule's path: 'layers.0.attn.heads.0.v_proj' ->
+    'layers.0.heads.0.Wv', 'layers.0.mlp.fc2' -> 'layers.0.W2' (KeyError for other paths)."""
+    parts = linear.split(".")
+    heads = {v: k for k, v in _HEAD_LINEAR.items()}
+    if len(parts) == 6 and parts[0] == "layers" and parts[2:4] == ["attn", "heads"] and parts[5] in heads:
+        return f"layers.{parts[1]}.heads.{parts[4]}.{heads[parts[5]]}"
+    if len(parts) == 4 and parts[0] == "layers" and parts[2] == "mlp" and parts[3] in ("fc1", "fc2"):
+        return f"layers.{parts[1]}.W{parts[3][-1]}"
+    raise KeyError(linear)
+
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None = None) -> nn.Linear:
     """A frozen float64 nn.Linear holding exactly these values (out x in)."""
     rows, cols = np.shape(weight)
     layer = nn.Linear(cols, rows, bias=bias is not None, dtype=torch.float64)
     with torch.no_grad():
-        layer.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float64))
+        layer.weight.copy_(torch.tensor(np.asarray(weight), dtype=torch.float64))
         if bias is not None:
-            layer.bias.copy_(torch.as_tensor(np.asarray(bias), dtype=torch.float64))
+            layer.bias.copy_(torch.tensor(np.asarray(bias), dtype=torch.float64))
     layer.requires_grad_(False)
     return layer
 

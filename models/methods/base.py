@@ -45,6 +45,9 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}
+ENTRY_POINT_GROUP = "peftaudit.methods"
+CONTRACT = ("name", "size_name", "init", "outputs", "param_count", "project", "exact_adapter")
+_loaded = False
 
 
 def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
@@ -56,7 +59,34 @@ def register_method(name: str) -> Callable[[Callable[..., Method]], Callable[...
 
 
 def _load_builtin() -> None:
-    from . import full, lora, prefix, prompt  # noqa: F401  (registration side effect)
+    """The built-in methods, then every entry point of the group peftaudit.methods (loaded only
+    when constructed, so a broken plugin does not hide the others)."""
+    global _loaded
+    from . import full, lora, peft_guests, prefix, prompt  # noqa: F401  (registration side effect)
+    if _loaded:
+        return
+    _loaded = True
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _REGISTRY.setdefault(ep.name, lambda _ep=ep, **options: _ep.load()(**options))
+
+
+def _import_spec(spec: str) -> Callable[..., Method]:
+    """The object named by 'package.module:Name' (a method class or factory), registered under
+    that string so that later calls (and other processes) find it again."""
+    from importlib import import_module
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise InputError("method", spec, f"an importable 'package.module:Name' ({type(exc).__name__}: {exc})") from None
+    if not callable(obj):
+        raise InputError("method", spec, "a method class or a factory returning a method")
+    _REGISTRY[spec] = obj
+    return obj
 
 
 def method_names() -> list[str]:
@@ -65,14 +95,22 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str, **options: object) -> Method:
-    """Construct a registered method; unknown names list the known ones."""
+    """Construct a method: a registered name, an entry point of peftaudit.methods, or
+    'package.module:Name'. Unknown names list the known ones; an object that lacks part of the
+    contract is refused with the missing parts named."""
     _load_builtin()
+    if isinstance(name, str) and name not in _REGISTRY and ":" in name:
+        _import_spec(name)
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise UnknownNameError("method", name, list(_REGISTRY))
+        raise UnknownNameError("method", name, list(_REGISTRY) + ["package.module:Name"])
     try:
-        return _REGISTRY[name](**options)
+        method = _REGISTRY[name](**options)
     except TypeError as exc:  # an option the method does not take
         raise InputError(f"{name} options", sorted(options), f"options the method takes ({exc})") from None
+    missing = [attr for attr in CONTRACT if not hasattr(method, attr)]
+    if missing:
+        raise InputError("method", name, f"an object with {', '.join(CONTRACT)} (it lacks {', '.join(missing)})")
+    return method
 
 
 def check_size(method: str, size: int) -> int:

@@ -46,6 +46,10 @@ def load_adapter(path: str | Path, inst: Instance) -> tuple[str, dict, int, dict
         raise InputError("adapter options", options, "a JSON object of named options")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= LIMITS["tokens"]:
         raise InputError("adapter size", size, f"an integer from 1 to {LIMITS['tokens']}")
+    from peftaudit.models.methods import method_names
+    if ":" in method_name and method_name not in method_names():
+        raise InputError("adapter method", method_name, "a registered method (adapter files never import code: "
+                         "load the plugin first, e.g. `peftaudit replay --method " + method_name + " ...`)")
     bound = doc.get("instance_sha256")
     if bound is not None and bound != digest(inst):
         raise InputError("adapter instance_sha256", bound, f"the digest of the given instance ({digest(inst)})")

@@ -150,14 +150,32 @@ def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarra
 
 
 def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[Attempt]:
-    """Attach the exact-model enclosure to every numerically solved attempt (others unchanged)."""
+    """Attach the exact-model enclosure to every numerically solved attempt (others unchanged). A
+    method that declares no exact model (a module method without `exact`) gets none, so its
+    float64 solutions never count as counterexamples."""
+    from peftaudit.models.methods.module_method import NoExactModel
+
     out = []
     for a in attempts:
         if a.solved:
             method = get_method(a.method, **a.options)
-            a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter))
+            try:
+                a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter))
+            except NoExactModel:
+                pass
         out.append(a)
     return out
+
+
+def check_contract(method: Method, spec, size: int, trainable: dict[str, torch.Tensor]) -> None:
+    """The declared parameter count equals the trainable tensors of one problem."""
+    from peftaudit.models.methods.module_method import MethodContractError
+
+    declared = method.param_count(spec, size)
+    actual = sum(t[0].numel() for t in trainable.values())
+    if declared != actual:
+        raise MethodContractError(getattr(method, "name", "?"), "the parameter count matches the trainable tensors",
+                                  f"param_count says {declared} at {method.size_name} {size}, the tensors hold {actual}")
 
 
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
@@ -170,6 +188,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
+    check_contract(method, spec, size, template)
     if start is not None:  # a finishing pass: continue from the best point found so far
         template = {name: start[name].to(device=device, dtype=torch.float64) for name in template}
     done_error = config.tolerance * 1e-2  # stop well inside the replay tolerance

@@ -1,0 +1,204 @@
+"""PEFT methods given as module transforms, run by the batched engine like the built-in ones.
+
+A researcher's method is usually a function that takes a frozen `nn.Module` and returns it
+adapted, with new trainable parameters (huggingface peft's `inject_adapter_in_model`, a wrapper
+around some `nn.Linear`, ...). `ModuleMethod` turns such a transform into the `Method`
+contract of base.py, so search, Levenberg-Marquardt, restarts and the float64 replay work
+unchanged:
+
+- the transform runs once per (spec, size) on the module view of the reference transformer
+  (models/module.py) holding seeded template weights, under a fixed torch seed (so its own
+  initialisation is reproducible);
+- the frozen weights are found again after the transform by identity (the same Parameter
+  objects, wherever the transform moved them, e.g. `v_proj.base_layer.weight`); a transform that
+  copies or replaces them is refused, as is one that leaves them trainable;
+- B problems run as one program: `torch.func.vmap` over `functional_call` with each problem's
+  own frozen weights and trainable tensors (the `stack_module_state` layout: a leading B axis);
+- trainable tensors start at the transform's own values plus seeded normal noise, one draw per
+  problem, so restarts differ and the same seed gives the same start.
+
+The exact model (for the rigorous replay that decides REFUTED) is the method's to declare, by
+`exact(adapter)` returning an ExactAdapter in functional weight names; a method without
+one can still be searched, but its float64 solutions are never counted as counterexamples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from peftaudit.errors import InputError, PeftauditError
+from peftaudit.limits import MAX_SIZE
+from peftaudit.models.interval import ExactAdapter
+from peftaudit.models.module import TransformerModule, module_name
+from peftaudit.models.spec import ModelSpec
+
+from .base import Params, check_size, randn
+
+TEMPLATE_SEED = 0  # torch seed under which every transform runs (its own init is then reproducible)
+
+
+class MethodContractError(PeftauditError):
+    """A user method broke a rule of the method contract; the message names the rule."""
+
+    def __init__(self, method: str, rule: str, detail: str):
+        self.method, self.rule = method, rule
+        super().__init__(f"method {method!r} breaks the rule '{rule}': {detail}")
+
+
+class NoExactModel(PeftauditError):
+    """The method declares no exact model, so its solutions cannot be replayed rigorously."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One transformed module and where its tensors come from."""
+    module: nn.Module
+    base: dict[str, str]             # functional weight name -> module parameter name
+    trainable: dict[str, Tensor]     # module parameter name -> the transform's initial value
+    constants: dict[str, Tensor]     # frozen tensors the transform added (buffers, frozen params)
+
+
+def template_weights(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Seeded random weights of this spec (scale 1/sqrt(fan in)): a transform that reads the
+    weights (DoRA's magnitudes) sees no zero rows."""
+    rng = np.random.default_rng(TEMPLATE_SEED)
+    return {name: rng.normal(size=shape) / math.sqrt(shape[-1]) for name, shape in spec.weight_shapes()}
+
+
+class ModuleMethod:
+    """The Method contract for a transform `module, size -> adapted module`.
+
+    Subclass and set `name`, `size_name` and `transform` (or use `module_method`). Optional:
+    `exact(adapter)` (the exact model of one problem's tensors), `identity` (True when the transform's own init
+    leaves the outputs unchanged, as LoRA's B = 0 does), `sized` (False: the method has no size
+    and takes only size 1), `start_scale` (standard deviation of the start noise, per tensor,
+    times 1/sqrt(its last dimension)), `kind` ("input-space" for methods that only prepend
+    trainable tokens, "weight-space" otherwise; method cards use it), `declared_params(spec, size)`
+    (a count the author claims, checked against the trainable tensors by the conformance tests).
+    """
+
+    name = "module-method"
+    size_name = "rank"
+    sized = True
+    identity = False
+    start_scale = 1.0
+    kind = "weight-space"
+
+    def transform(self, module: TransformerModule, size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def exact(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter | None:
+        return None
+
+    # -- the Method contract ------------------------------------------------------------------
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        prepared = self.prepare(spec, size)
+        out = {}
+        for key, t0 in prepared.trainable.items():
+            scale = self.start_scale * (t0.shape[-1] if t0.dim() else 1) ** -0.5
+            noise = randn(generator, batch, *t0.shape, scale=scale, dtype=torch.float64, device="cpu")  # (B,...)
+            out[key] = (t0[None] + noise).to(device=device, dtype=dtype)
+        return out
+
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+        """Final states of the input positions, (B, E, n, d): vmap over problems of the module."""
+        prepared = self.prepare(spec, self.size_of(spec, trainable))
+        base = {prepared.base[name]: t for name, t in params.items() if name in prepared.base}  # (B,...)
+        constants = {k: v.to(device=X.device, dtype=X.dtype) if v.is_floating_point() else v.to(X.device)
+                     for k, v in prepared.constants.items()}
+        missing = sorted(set(prepared.base) - set(params))
+        if missing:
+            raise InputError("frozen weights", missing, "every weight of the spec")
+
+        def one(base_b: dict, train_b: dict, x: Tensor) -> Tensor:
+            return functional_call(prepared.module, (base_b, train_b, constants), (x,))  # (E,n,d)
+
+        return vmap(one)(base, dict(trainable), X)                                      # (B,E,n,d)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return sum(t.numel() for t in self.prepare(spec, size).trainable.values())
+
+    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
+        raise InputError("norm bound", bound, f"no norm bound for {self.name} (it applies to prompts and prefixes)")
+
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        exact = self.exact(adapter)
+        if exact is None:
+            raise NoExactModel(f"method {self.name!r} declares no exact model; its solutions are float64 only")
+        return exact
+
+    # -- preparation --------------------------------------------------------------------------
+    def prepare(self, spec: ModelSpec, size: int) -> Prepared:
+        """The transformed module for this spec and size (cached)."""
+        if not self.sized and size != 1:
+            raise InputError(f"{self.name} size", size, "1 (this method has no size)")
+        check_size(self.name, size)
+        cache = self.__dict__.setdefault("_prepared", {})
+        if (spec, size) not in cache:
+            cache[(spec, size)] = self._prepare(spec, size)
+        return cache[(spec, size)]
+
+    def _prepare(self, spec: ModelSpec, size: int) -> Prepared:
+        module = TransformerModule(spec, template_weights(spec))
+        by_id = {id(p): name for name, p in
+                 ((w, module.get_parameter(module_name(w))) for w in [*spec.weight_names(), "positional"]
+                  if w != "positional" or spec.positions)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEMPLATE_SEED)
+            adapted = self.transform(module, size)
+        if not isinstance(adapted, nn.Module):
+            raise MethodContractError(self.name, "the transform returns an nn.Module",
+                                      f"it returned {type(adapted).__name__}")
+        base, trainable, constants = {}, {}, {}
+        for key, p in adapted.named_parameters(remove_duplicate=False):
+            if id(p) in by_id:
+                if p.requires_grad:
+                    raise MethodContractError(self.name, "frozen weights stay frozen",
+                                              f"{key} (the model's {by_id[id(p)]}) is trainable after the transform")
+                base[by_id[id(p)]] = key
+            elif p.requires_grad:
+                trainable[key] = p.detach().to(torch.float64).clone()
+            else:
+                constants[key] = p.detach()
+        for key, b in adapted.named_buffers(remove_duplicate=False):
+            constants[key] = b.detach()
+        lost = sorted(set(by_id.values()) - set(base))
+        if lost:
+            raise MethodContractError(self.name, "the transform wraps the frozen weights, never copies them",
+                                      f"{lost} are no longer parameters of the adapted module")
+        if not trainable:
+            raise MethodContractError(self.name, "the transform adds trainable parameters",
+                                      "the adapted module has none")
+        return Prepared(adapted, base, trainable, constants)
+
+    def size_of(self, spec: ModelSpec, trainable: Params) -> int:
+        """The size whose prepared module has these trainable shapes (leading B axis dropped)."""
+        shapes = {k: tuple(v.shape[1:]) for k, v in trainable.items()}
+        cache = self.__dict__.setdefault("_prepared", {})
+        prepared = [size for (s, size) in cache if s == spec]
+        mentioned = sorted({1, *(n for shape in shapes.values() for n in shape)}) if self.sized else [1]
+        for size in prepared + [s for s in mentioned if s not in prepared]:  # prepared sizes first
+            if size <= MAX_SIZE and {k: tuple(v.shape) for k, v in self.prepare(spec, size).trainable.items()} == shapes:
+                return size
+        raise InputError(f"{self.name} adapter", sorted(shapes), "tensors of the shapes this method makes")
+
+
+def module_method(name: str, transform: Callable[[TransformerModule, int], nn.Module], *,
+                  size_name: str = "rank", sized: bool = True, identity: bool = False,
+                  kind: str = "weight-space",
+                  exact: Callable[[Mapping[str, np.ndarray]], ExactAdapter | None] | None = None) -> type:
+    """A ModuleMethod class from a plain transform, e.g.
+    `module_method("my-lora", lambda m, r: inject_adapter_in_model(LoraConfig(r=r, ...), m))`."""
+    attrs = {"name": name, "size_name": size_name, "sized": sized, "identity": identity, "kind": kind,
+             "transform": lambda self, module, size: transform(module, size)}
+    if exact is not None:
+        attrs["exact"] = lambda self, adapter: exact(adapter)
+    return type(f"ModuleMethod[{name}]", (ModuleMethod,), attrs)
