@@ -1,4 +1,5 @@
-"""pytest plugin: `pytest --peftaudit` audits every registered claim, one test item per (claim, method).
+"""pytest plugin: `pytest --peftaudit` audits every registered claim, one test item per (claim, method);
+`pytest --peftaudit-conformance NAME` checks a method against every conformance rule, one item per rule.
 
 Loaded through the pytest11 entry point at every pytest start, so it imports nothing heavy
 (torch, z3) until an audit actually runs. Items fail when their claim comes out REFUTED or
@@ -18,6 +19,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--peftaudit-profile", choices=PROFILES, default="quick", help="audit budget profile")
     group.addoption("--peftaudit-claims", default=None, help="comma-separated claim ids (default: all)")
     group.addoption("--peftaudit-seed", type=int, default=0, help="audit seed")
+    group.addoption("--peftaudit-conformance", action="append", default=[], metavar="METHOD",
+                    help="check this method (a name or package.module:Name) against the conformance rules; "
+                         "repeatable")
+
+
+class ConformanceFailure(Exception):
+    """A method broke a conformance rule."""
+
+
+class ConformanceItem(pytest.Item):
+    def __init__(self, *, method: str, rule: str, **kwargs):
+        super().__init__(**kwargs)
+        self.method, self.rule = method, rule
+
+    def runtest(self) -> None:
+        from peftaudit.conformance import check_rule
+
+        result = check_rule(self.rule, self.method)
+        self.user_properties.append(("detail", result.detail))
+        if not result.ok:
+            raise ConformanceFailure(f"{self.method} breaks the rule '{self.rule}': {result.detail}")
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return "peftaudit", None, f"conformance of {self.method}: {self.rule}"
 
 
 class AuditFailure(Exception):
@@ -68,6 +98,18 @@ class AuditItem(pytest.Item):
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    conformance = config.getoption("peftaudit_conformance")
+    if conformance:
+        from peftaudit.conformance import RULES
+        from peftaudit.errors import InputError
+        from peftaudit.models.methods import get_method
+        for name in conformance:
+            try:
+                get_method(name)
+            except InputError as exc:
+                raise pytest.UsageError(f"--peftaudit-conformance: {exc}") from None
+            items.extend(ConformanceItem.from_parent(session, name=f"conformance[{name}: {rule}]", method=name,
+                                                     rule=rule) for rule in RULES)
     if not config.getoption("peftaudit"):
         return
     from peftaudit.claims import claim_ids, expand_claims

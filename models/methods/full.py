@@ -34,6 +34,11 @@ class FullFineTuning:
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         return ExactAdapter(delta=dict(adapter))
 
+    def identity_adapter(self, spec: ModelSpec, size: int) -> tuple[dict, dict[str, Tensor]]:
+        """D = 0 on every weight."""
+        from .module_method import template_weights
+        return template_weights(spec), {k: torch.zeros_like(v) for k, v in self.init(spec, 1, size, torch.Generator()).items()}
+
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return sum(math.prod(shape) for _, shape in spec.weight_shapes())
 

@@ -73,6 +73,12 @@ class LoRA:
         return ExactAdapter(low_rank={key[:-2]: (adapter[key[:-2] + ".B"], a) for key, a in adapter.items()
                                       if key.endswith(".A")})
 
+    def identity_adapter(self, spec: ModelSpec, size: int) -> tuple[dict, dict[str, Tensor]]:
+        """B = 0: the weights unchanged, whatever they are (any weights serve)."""
+        from .module_method import template_weights
+        tensors = self.init(spec, 1, size, torch.Generator().manual_seed(0))
+        return template_weights(spec), {k: torch.zeros_like(v) if k.endswith(".B") else v for k, v in tensors.items()}
+
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return sum(size * (rows + cols) for _, (rows, cols) in adapted_matrices(spec, self.targets))
 

@@ -129,6 +129,13 @@ class ModuleMethod:
     def project(self, trainable: dict[str, Tensor], bound: float) -> None:
         raise InputError("norm bound", bound, f"no norm bound for {self.name} (it applies to prompts and prefixes)")
 
+    def identity_adapter(self, spec: ModelSpec, size: int) -> tuple[dict, dict[str, Tensor]] | None:
+        """(frozen weights, one problem's tensors) that leave the outputs unchanged: the transform's
+        own init on the weights it saw, where the method declares `identity`."""
+        if not self.identity:
+            return None
+        return template_weights(spec), {k: t[None] for k, t in self.prepare(spec, size).trainable.items()}
+
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         exact = self.exact(adapter)
         if exact is None:
@@ -161,7 +168,7 @@ class ModuleMethod:
         for key, p in adapted.named_parameters(remove_duplicate=False):
             if id(p) in by_id:
                 if p.requires_grad:
-                    raise MethodContractError(self.name, "frozen weights stay frozen",
+                    raise MethodContractError(self.name, "only the declared parameters receive gradients",
                                               f"{key} (the model's {by_id[id(p)]}) is trainable after the transform")
                 base[by_id[id(p)]] = key
             elif p.requires_grad:

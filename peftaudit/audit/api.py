@@ -50,10 +50,15 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     if jobs < 1:
         raise InputError("jobs", jobs, "a positive number of processes")
     if methods is not None:
-        from peftaudit.models.methods import method_names
+        from peftaudit.models.methods import get_method
         for m in methods:
-            if m not in method_names():
-                raise InputError("methods", m, "names among " + ", ".join(method_names()))
+            try:  # unknown names (with the known ones listed) and unimportable plugins fail here
+                get_method(m)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
+                raise InputError("methods", m, f"a method that can be constructed (it raised "
+                                               f"{type(exc).__name__}: {exc})") from None
     dev = resolve_device(device)
     log = (lambda s: None) if quiet else log_stderr
     base = search_config(prof, seed, str(dev))

@@ -66,6 +66,7 @@ def claim_json(o: ClaimOutcome) -> dict:
                       for label, att in o.contrasts.items()},
         "comparisons": {label: _attempt_rows(att) for label, att in o.comparisons.items()},
         "counterexamples": [], "violations": o.violations, "errors": o.errors,
+        "method_errors": dict(o.method_errors),
         "parameter_table": c.parameter_table,
     }
     if c.parameter_table:
@@ -236,6 +237,9 @@ def markdown(report: dict) -> str:
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
         for ce in c["counterexamples"]:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
+        for label, trace in c.get("method_errors", {}).items():
+            last = trace.strip().splitlines()[-1] if trace.strip() else ""
+            lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
         for why in c["vacuous_reasons"].values():
             lines.append(f"- vacuous instance: {why}")
     return "\n".join(lines) + "\n"

@@ -38,6 +38,8 @@ class ClaimOutcome:
     contrasts: dict[str, list[Attempt]] = field(default_factory=dict)
     comparisons: dict[str, list[Attempt]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    method_errors: dict[str, str] = field(default_factory=dict)  # run label -> traceback (runs --methods added)
+    added: dict[str, str] = field(default_factory=dict)          # label -> role, for runs --methods added
     verdict: str = "ERROR"
     reason: str = ""
     violations: list[str] = field(default_factory=list)
@@ -70,17 +72,49 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
     return summary
 
 
-def _run_searches(runs: Sequence[MethodRun], instances: list[Instance], indices: list[int], profile: Profile,
+def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: list[int], profile: Profile,
                   base: SearchConfig, progress: bool) -> dict[str, list[Attempt]]:
+    """Search with each run. A run that --methods added (a user's method) and that raises is
+    recorded as that method's ERROR, with its traceback, and the others go on; a built-in run
+    that raises ends the claim in ERROR."""
     out = {}
-    subset = [instances[i] for i in indices]
+    subset = [outcome.instances[i] for i in indices]
     for run in runs:
         sizes = run.sizes or profile.lengths
         config = replace(base, method=run.method, options=dict(run.options), sizes=tuple(sizes),
                          norm_bound=run.norm_bound)
-        attempts = search(subset, config, progress=progress) if subset else []
+        try:
+            attempts = search(subset, config, progress=progress) if subset else []
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            if run.label not in outcome.added:
+                raise
+            outcome.method_errors[run.label] = traceback.format_exc(limit=8)
+            continue
         out[run.label] = [replace(a, instance=indices[a.instance]) for a in attempts]
     return out
+
+
+def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[tuple[MethodRun, ...], tuple[MethodRun, ...]]:
+    """Runs for methods the claim does not name (a user's method given to --methods): a method
+    that declares itself input-space (it only prepends trainable tokens) inherits the claim when
+    the claim's falsifiers include prompt tuning, so it is searched as a falsifier; any other
+    method is a comparison, reported for context. Returns (falsifiers, comparisons)."""
+    from peftaudit.models.methods import get_method
+
+    named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
+    falsifiers, comparisons = [], []
+    for name in methods:
+        if name in named:
+            continue
+        method = get_method(name)
+        sizes = (1,) if getattr(method, "sized", True) is False or name == "full" else tuple(profile.lengths)
+        run = MethodRun(name, sizes=sizes)
+        inherits = (getattr(method, "kind", "") == "input-space" and claim.kind == "cannot"
+                    and any(r.method == "prompt" for r in claim.falsifiers))
+        (falsifiers if inherits else comparisons).append(run)
+    return tuple(falsifiers), tuple(comparisons)
 
 
 def decide(outcome: ClaimOutcome) -> None:
@@ -92,8 +126,15 @@ def decide(outcome: ClaimOutcome) -> None:
     for label, attempts in [*outcome.searches.items(), *outcome.contrasts.items(), *outcome.comparisons.items()]:
         broken = sorted({a.instance for a in attempts if not math.isfinite(a.best_loss)})
         if broken:  # every candidate of every restart replayed to NaN or Inf: the method is broken
-            outcome.errors.append(f"method {label} produced only non-finite outputs (NaN or Inf) on "
-                                  f"instance(s) {broken}")
+            message = f"method {label} produced only non-finite outputs (NaN or Inf) on instance(s) {broken}"
+            if label in outcome.added:
+                outcome.method_errors[label] = message
+            else:
+                outcome.errors.append(message)
+    if outcome.method_errors and not outcome.errors:
+        searched_by_user = [k for k in outcome.method_errors if outcome.added.get(k) == "falsifier"]
+        if searched_by_user:  # an inherited claim's falsifier is broken: its search evidence is missing
+            outcome.errors.append(f"falsifier(s) {searched_by_user} failed (see method_errors)")
     for attempts in outcome.searches.values():
         for a in attempts:
             cert = outcome.certificates.get(a.instance)
@@ -164,12 +205,16 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
             outcome.certificates = dict(zip(active, results))
             log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in results)}/{len(active)}")
         keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
-        outcome.searches = _run_searches(keep(claim.falsifiers), outcome.instances, active, profile, base, progress)
+        extra_falsifiers, extra_comparisons = added_runs(claim, sorted(methods or ()), profile)
+        outcome.added = {**{r.label: "comparison" for r in extra_comparisons},
+                         **{r.label: "falsifier" for r in extra_falsifiers}}
+        outcome.searches = _run_searches(keep(claim.falsifiers) + extra_falsifiers, outcome, active, profile, base,
+                                         progress)
         if claim.kind == "cannot":  # a counterexample counts only once the exact model is enclosed
             outcome.searches = {k: confirm(v, outcome.instances) for k, v in outcome.searches.items()}
-        outcome.contrasts = _run_searches(keep(claim.contrasts), outcome.instances, active, profile, base, progress)
-        outcome.comparisons = _run_searches(keep(claim.comparisons), outcome.instances, active, profile, base,
-                                            progress)
+        outcome.contrasts = _run_searches(keep(claim.contrasts), outcome, active, profile, base, progress)
+        outcome.comparisons = _run_searches(keep(claim.comparisons) + extra_comparisons, outcome, active, profile,
+                                            base, progress)
     except KeyboardInterrupt:
         raise
     except Exception:

@@ -167,14 +167,23 @@ def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[
     return out
 
 
-def check_contract(method: Method, spec, size: int, trainable: dict[str, torch.Tensor]) -> None:
-    """The declared parameter count equals the trainable tensors of one problem."""
+def check_contract(method: Method, spec, size: int, trainable: dict[str, torch.Tensor],
+                   weights: dict[str, torch.Tensor], X: torch.Tensor) -> None:
+    """The declared parameter count equals the trainable tensors of one problem, and the outputs
+    have the inputs' shape (a wrong shape would broadcast against the targets silently)."""
     from peftaudit.models.methods.module_method import MethodContractError
 
+    name = getattr(method, "name", "?")
+    with torch.no_grad():
+        shape = tuple(method.outputs(spec, {k: v[:1] for k, v in weights.items()},
+                                     {k: v[:1] for k, v in trainable.items()}, X[:1]).shape)
+    if shape != (1, *X.shape[1:]):
+        raise MethodContractError(name, "outputs have shape (B, E, n, d) and are finite",
+                                  f"outputs of shape {shape} for inputs of shape {(1, *X.shape[1:])}")
     declared = method.param_count(spec, size)
     actual = sum(t[0].numel() for t in trainable.values())
     if declared != actual:
-        raise MethodContractError(getattr(method, "name", "?"), "the parameter count matches the trainable tensors",
+        raise MethodContractError(name, "the parameter count matches the trainable tensors",
                                   f"param_count says {declared} at {method.size_name} {size}, the tensors hold {actual}")
 
 
@@ -188,7 +197,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
-    check_contract(method, spec, size, template)
+    check_contract(method, spec, size, template, weights, X)
     if start is not None:  # a finishing pass: continue from the best point found so far
         template = {name: start[name].to(device=device, dtype=torch.float64) for name in template}
     done_error = config.tolerance * 1e-2  # stop well inside the replay tolerance
