@@ -530,7 +530,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
                            device=args.device, out=out, force=args.force, calibration=not args.no_calibration,
-                           progress=sys.stderr.isatty(), argv=sys.argv[1:])
+                           progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards)
     except KeyboardInterrupt:
         print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
         return 130
@@ -547,6 +547,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{'':<{width}} replay: {ce['replay']}")
     for name, cal in result.report["calibration"].items():
         print(f"calibration {name}: recall {cal['recall']:.1%} ({cal['solved']}/{cal['total']})")
+    for c in result.report["claims"]:
+        for label, trace in c.get("method_errors", {}).items():
+            print(f"{c['id']}: method {label} ERROR: {trace.strip().splitlines()[-1][:110]}")
+    for name, entry in (result.report.get("cards") or {}).items():
+        print(f"method card of {name}: {result.out_dir}/{entry['folder']}/card.md")
     print(f"report: {result.out_dir}/report.md (also report.json, report.html)")
     if any(c["verdict"] == "ERROR" for c in result.report["claims"]):
         return 3
@@ -557,7 +562,9 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="audit every registered claim and write a report")
     p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
     p.add_argument("--claims", help="comma-separated claim ids (default: all registered)")
-    p.add_argument("--methods", help="restrict searches to these methods (comma-separated)")
+    p.add_argument("--methods", help="restrict searches to these methods (comma-separated); a method no claim "
+                                     "names (a plugin, package.module:Name, a peft guest) is added, and gets a card")
+    p.add_argument("--no-cards", action="store_true", help="no method cards for the methods --methods adds")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -569,6 +576,63 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
 
 
 EXTRA_COMMANDS.append(_register_audit)
+
+
+# ------------------------------------------------------------------ method cards
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from peftaudit.card import run_battery, write_card
+    from peftaudit.card.battery import card_folder
+    from peftaudit.audit.outdir import check_out_dir
+    from peftaudit.audit.runner import log_stderr, search_config
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.problems import resolve_device
+    from peftaudit.settings import get_profile
+
+    options = _method_options(args)
+    get_method(args.method, **options)
+    out = args.out or f"cards/{card_folder(args.method)}"
+    check_out_dir(out, args.force, "card")
+    prof = get_profile(args.profile)
+    base = search_config(prof, args.seed, str(resolve_device(args.device)))
+    log = (lambda s: None) if args.json else log_stderr
+    card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count, log=log)
+    folder = write_card(card, out, force=args.force)
+    if args.json:
+        print(json.dumps(card))
+    else:
+        print(f"method card of {args.method} (declared kind: {card['kind'] or 'none'}), d = {args.d}")
+        for x in card["impossibilities"]:
+            print(f"  {x['claim']:<4} {'applies' if x['applies'] else 'does not apply'}")
+        if card["declaration"]:
+            print(f"  declaration check: {'confirmed' if card['declaration']['confirmed'] else 'FLAGGED'}")
+        mine = [c for c in card["capacity"] if c["method"] == args.method]
+        print("  capacity: " + ", ".join(f"{c['params']} params -> {c['examples_memorized']} examples" for c in mine))
+        for problem in card["conflicts"]:
+            print(f"  ERROR: {problem}")
+        for name in card["errors"]:
+            print(f"  ERROR in {name} (traceback in card.json)")
+        print(f"card: {folder}/card.md (also card.json, card.html)")
+    return 3 if card["conflicts"] or card["errors"] else 0
+
+
+def _register_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="a method card: capacity battery beside the built-in methods")
+    p.add_argument("method", help="a registered name, an entry point of peftaudit.methods, or package.module:Name")
+    p.add_argument("--targets", help="LoRA / peft target matrices among q,k,v,o,1,2")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--d", type=_bounded(2, 64, "a width from 2"), default=4, help="model width of the battery")
+    p.add_argument("--count", type=_bounded(1, 64, "a count from 1"), default=3, help="instances per family")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", help="card folder (default: cards/<method>); must not exist, or be empty")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds a previous card")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_card)
+
+
+EXTRA_COMMANDS.append(_register_card)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from .report import SCHEMA_VERSION, claim_json, provenance, write_report
 from .runner import ClaimOutcome, audit_claim, log_stderr, search_config
 
 
+BUILTIN_METHODS = ("prompt", "prefix", "prefix-kv", "lora", "full")
+
+
 @dataclass
 class AuditResult:
     report: dict
@@ -36,11 +39,13 @@ class AuditResult:
 def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
               methods: Sequence[str] | None = None, jobs: int = 1, device: str = "auto",
               out: str | Path | None = None, force: bool = False, calibration: bool = True, progress: bool = True,
-              quiet: bool = False, argv: Sequence[str] = ()) -> AuditResult:
+              quiet: bool = False, argv: Sequence[str] = (), cards: bool = True) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
 
     `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
-    a previous peftaudit report, which is replaced whole."""
+    a previous peftaudit report, which is replaced whole. With `cards`, every method in `methods`
+    that is not built in (a plugin, a peft guest) also gets its method card, in the report's
+    cards/ folder."""
     from peftaudit.claims import claim_ids, expand_claims
 
     if out is not None:
@@ -72,6 +77,16 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
             log(f"calibration: {method} search on {prof.planted} planted instances")
             cal = calibrate(method, prof.planted, replace(base, rounds=2), progress=progress)
             report["calibration"][method] = cal.to_json()
+    if cards and methods:
+        from peftaudit.card import run_battery
+        from peftaudit.card.battery import card_folder
+        report["cards"] = {}
+        for m in methods:
+            if m in BUILTIN_METHODS:
+                continue
+            log(f"method card: {m}")
+            result_card = run_battery(m, {}, prof, seed, base, log=log)
+            report["cards"][m] = {"folder": f"cards/{card_folder(m)}", "card": result_card}
     out_dir = None
     if out is not None:
         out_dir = write_report(report, outcomes, Path(out), force=force)

@@ -1,33 +1,55 @@
-"""The report folder: checked before any work, replaced only when it is a previous report.
+"""Output folders (a report, a method card): checked before any work, replaced only when they
+hold a previous output of the same kind.
 
 Nothing the user had is overwritten: `--out` must not exist, or be an empty folder; with
 `force` it may also be a folder holding a previous peftaudit report (recognised by a
-report.json whose schema is peftaudit's), which is then replaced whole. A file, a link, or a
-folder with anything else in it is refused, with or without `force`.
+report.json whose schema is peftaudit's; a card by its card.json), which is then replaced
+whole. A file, a link, or a folder with anything else in it is refused, with or without `force`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from peftaudit.errors import InputError
 
+KINDS = {"report": ("report.json", "peftaudit.report/"), "card": ("card.json", "peftaudit.card/")}
 
-def is_previous_report(path: Path) -> bool:
-    """A folder written by `peftaudit audit` (its report.json names peftaudit's report schema)."""
-    report = path / "report.json"
+
+def is_previous_report(path: Path, kind: str = "report") -> bool:
+    """A folder written by `peftaudit audit` (its report.json names peftaudit's report schema), or
+    for kind "card" by `peftaudit card`."""
+    marker, prefix = KINDS[kind]
+    report = path / marker
     if path.is_symlink() or not report.is_file() or report.is_symlink() or report.stat().st_size > 512 * 2**20:
         return False
     try:
         schema = json.loads(report.read_text()).get("schema", "")
     except (OSError, ValueError, AttributeError):
         return False
-    return isinstance(schema, str) and schema.startswith("peftaudit.report/")
+    return isinstance(schema, str) and schema.startswith(prefix)
 
 
-def check_out_dir(out: str | Path, force: bool = False) -> Path:
+def install(tmp: Path, out_dir: Path, force: bool, kind: str = "report") -> None:
+    """Move the finished folder `tmp` to out_dir, replacing a previous output (checked again here:
+    the folder may have changed while the work ran)."""
+    check_out_dir(out_dir, force, kind)
+    if out_dir.exists() and any(out_dir.iterdir()):  # a previous output (checked just above), --force
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, old / kind)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out_dir.exists():
+            out_dir.rmdir()  # empty
+        os.replace(tmp, out_dir)
+
+
+def check_out_dir(out: str | Path, force: bool = False, kind: str = "report") -> Path:
     """Validate the report folder before any work; InputError naming what is wrong."""
     path = Path(out)
     if path.is_symlink():
@@ -40,9 +62,9 @@ def check_out_dir(out: str | Path, force: bool = False) -> Path:
             if not force:
                 raise InputError("--out", str(path), "a new or empty folder (it holds files; --force replaces a "
                                                       "previous peftaudit report, nothing else)")
-            if not is_previous_report(path):
-                raise InputError("--out", str(path), "a previous peftaudit report to replace with --force (no "
-                                                      "report.json of peftaudit's here; nothing is replaced)")
+            if not is_previous_report(path, kind):
+                raise InputError("--out", str(path), f"a previous peftaudit {kind} to replace with --force (no "
+                                                      f"{KINDS[kind][0]} of peftaudit's here; nothing is replaced)")
     parent = path.parent if str(path.parent) else Path(".")
     ancestor = parent
     while not ancestor.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -242,7 +241,26 @@ def markdown(report: dict) -> str:
             lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
         for why in c["vacuous_reasons"].values():
             lines.append(f"- vacuous instance: {why}")
+    lines += card_summaries(report)
     return "\n".join(lines) + "\n"
+
+
+def card_summaries(report: dict) -> list[str]:
+    """The report's "Method cards" section: one line per card, linking its folder."""
+    cards = report.get("cards") or {}
+    if not cards:
+        return []
+    lines = ["", "## Method cards", ""]
+    for name, entry in cards.items():
+        card = entry["card"]
+        applies = [x["claim"] for x in card["impossibilities"] if x["applies"]]
+        mine = [c for c in card["capacity"] if c["method"] == name]
+        flags = card["conflicts"] + [f"ERROR in {k}" for k in card["errors"]]
+        lines.append(f"- **{name}** (declared {card['kind'] or 'no kind'}): certified impossibilities that apply: "
+                     f"{', '.join(applies) or 'none'}; capacity "
+                     + ", ".join(f"{c['params']} params -> {c['examples_memorized']}" for c in mine)
+                     + (f"; {'; '.join(flags)}" if flags else "") + f". Card: `{entry['folder']}/card.md`")
+    return lines
 
 
 def html(report: dict, figs: dict[str, bytes]) -> str:
@@ -258,7 +276,7 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, force: bool = False) -> Path:
     """Write the whole report into out_dir atomically (temporary sibling, then rename); out_dir is
     checked again here (it may have changed during the audit) and only a previous report is replaced."""
-    from .outdir import check_out_dir
+    from .outdir import install
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +307,11 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
                             "adapter_file": f"counterexamples/{stem}.adapter.json",
                             "replay": f"peftaudit replay {out_dir}/counterexamples/{stem}.instance.json "
                                       f"{out_dir}/counterexamples/{stem}.adapter.json"})
+        for entry in report.get("cards", {}).values():
+            from peftaudit.card.render import write_files
+            folder = tmp / entry["folder"]
+            folder.mkdir(parents=True)
+            write_files(entry["card"], folder)
         report["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         figs = figures(report)
         (tmp / "figures").mkdir(exist_ok=True)
@@ -299,16 +322,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.md").write_text(md_text)
         (tmp / "report.html").write_text(html(report, figs))
-        check_out_dir(out_dir, force)  # again: the folder may have changed during the audit
-        if out_dir.exists() and any(out_dir.iterdir()):  # a previous report (checked just above), --force
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, old / "report")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if out_dir.exists():
-                out_dir.rmdir()  # empty
-            os.replace(tmp, out_dir)
+        install(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

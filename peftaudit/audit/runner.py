@@ -180,7 +180,14 @@ def decide(outcome: ClaimOutcome) -> None:
             outcome.reason = f"checked certificates of impossibility on instances {refuting}"
         else:
             outcome.verdict = "SURVIVED"
-            outcome.reason = f"search solved {len(found)} of {len(active)} instances; no certificate refutes"
+            solved_at = {a.instance for a in solved}
+            failures = [(i, min((a.max_abs_error for att in outcome.searches.values() for a in att if a.instance == i),
+                                default=math.inf)) for i in active if i not in solved_at]
+            outcome.reason = (f"search solved {len(solved_at)} of {len(active)} instances (evidence, not a proof); "
+                              "no certificate refutes")
+            if failures:
+                outcome.reason += "; not solved: " + ", ".join(f"instance {i} (best max error {e:.2e})"
+                                                               for i, e in failures[:20])
 
 
 def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *, methods: set[str] | None = None,

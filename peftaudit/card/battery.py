@@ -1,0 +1,168 @@
+"""The capacity battery behind a method card: one method against the built-ins, at matched
+trainable-parameter budgets, on the named families of strategies/families.py.
+
+For each family and each budget (d, 2d, 4d and, beyond the quick profile, 8d parameters at width
+d), every method runs at its
+largest size within the budget (full fine-tuning and methods without a size at their one size),
+with the audit's search on the same instances (the quick profile: 2 restarts, 100 Adam and 60
+Levenberg-Marquardt steps); the card reports the best replayed loss, what
+was solved, the capacity curve (how many random examples each budget memorized), which
+certified impossibilities apply to the method and why, and, for a method declared input-space,
+an empirical check of the declaration.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import traceback
+from dataclasses import replace
+from typing import Callable
+
+from peftaudit.limits import MAX_SIZE
+from peftaudit.models.methods import get_method
+from peftaudit.search.engine import search
+from peftaudit.settings import Profile
+from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family
+
+CARD_SCHEMA = "peftaudit.card/1"
+COMPARATORS = {"prompt": {}, "prefix": {}, "lora": {"targets": "v"}, "full": {}}
+BUDGET_FACTORS = {"quick": (1, 2, 4)}  # budgets d, 2d, 4d on quick; other profiles add 8d
+DEFAULT_FACTORS = (1, 2, 4, 8)
+QUICK_SEARCH = {"restarts": 2, "steps": 100, "polish_steps": 60}  # the quick card's lighter search
+
+IMPOSSIBILITIES = {
+    "L1": "no prompt of any length memorizes some two-example datasets of a single layer",
+    "L1+": "L1 with a robust margin, also with positional encodings",
+    "L2": "a dataset of N examples needs a prompt of at least N tokens",
+    "M": "with invertible layers, prompts of bounded norm learn only invertible maps",
+}
+
+
+def card_folder(name: str) -> str:
+    """A folder name for a method's card ('my_pkg.m:Name' -> 'my_pkg.m_Name')."""
+    import re
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "method"
+
+
+def sizes_for(method, spec, budgets: list[int], name: str) -> dict[int, int | None]:
+    """Budget -> the largest size whose parameter count fits it (None: none fits). A method with one
+    size (full fine-tuning, methods without a size) runs at it whatever the budget: one reference
+    point at its own count."""
+    if name == "full" or getattr(method, "sized", True) is False:
+        return {b: 1 for b in budgets}
+    out, size = {b: None for b in budgets}, 1
+    while size <= MAX_SIZE:
+        count = method.param_count(spec, size)
+        if count > max(budgets):
+            break
+        for b in budgets:
+            if count <= b:
+                out[b] = size
+        size += 1
+    return out
+
+
+def _run(name: str, options: dict, insts, size: int, base) -> list:
+    config = replace(base, method=name, options=dict(options), sizes=(size,), norm_bound=None)
+    return search(insts, config, progress=False)
+
+
+def impossibilities(method) -> list[dict]:
+    """Which certified impossibilities apply to the method, and why (from what it declares)."""
+    kind = getattr(method, "kind", "")
+    out = []
+    for claim_id, statement in IMPOSSIBILITIES.items():
+        if kind == "input-space":
+            why = ("applies: the method declares that it only prepends trainable tokens to the input, and the "
+                   "certificate rules out every prompt" + (" of bounded norm (its tokens must stay in the ball)"
+                                                           if claim_id == "M" else
+                                                           " shorter than N tokens" if claim_id == "L2" else ""))
+            out.append({"claim": claim_id, "statement": statement, "applies": True, "why": why})
+        else:
+            out.append({"claim": claim_id, "statement": statement, "applies": False,
+                        "why": "does not apply: the method changes how the frozen weights act (declared "
+                               f"{kind or 'no kind'}), and the certificates assume them unchanged"})
+    return out
+
+
+def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict | None:
+    """A declared input-space method: can a prompt reproduce its outputs at a random adapter?"""
+    if getattr(method, "kind", "") != "input-space":
+        return None
+    import torch
+
+    from peftaudit.instance import make_instance
+    from peftaudit.search.problems import stacked
+
+    size = 1
+    W, X, _ = stacked([spec_inst], [0], torch.device("cpu"))
+    with torch.no_grad():
+        out = method.outputs(spec_inst.spec, W, method.init(spec_inst.spec, 1, size, torch.Generator().manual_seed(9)),
+                             X)[0].numpy()                                          # (E,n,d)
+    target = make_instance(spec_inst.spec, spec_inst.weights, [(ex.X, out[e][-1:]) for e, ex in
+                                                               enumerate(spec_inst.dataset)])
+    lengths = (1, 2, 4, 8)
+    found = search([target], replace(base, method="prompt", options={}, sizes=lengths, rounds=2), progress=False)
+    solved = [a for a in found if a.solved]
+    return {"instance": "planted-prompt #0", "lengths_tried": list(lengths), "confirmed": bool(solved),
+            "detail": (f"a prompt of length {solved[0].size} reproduces the method's last-token outputs at a random "
+                       f"adapter (max error {solved[0].max_abs_error:.1e})") if solved else
+                      ("no prompt of length <= 8 was found that reproduces the method's outputs at a random adapter: "
+                       "the declaration is flagged (search evidence, not a proof)")}
+
+
+def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, d: int = 4, count: int = 3,
+                log: Callable[[str], None] = lambda s: None) -> dict:
+    """Everything a method card shows, as plain JSON-ready data."""
+    subject = get_method(name, **options)
+    methods = {name: dict(options), **{k: v for k, v in COMPARATORS.items() if k != name}}
+    budgets = [f * d for f in BUDGET_FACTORS.get(profile.name, DEFAULT_FACTORS)]
+    if profile.name == "quick":
+        base = replace(base, **{k: min(getattr(base, k), v) for k, v in QUICK_SEARCH.items()})
+    rows, errors, solved_by_subject = [], {}, {}
+    for family in FAMILIES:
+        insts = draw_family(family, count, d, seed)
+        spec = insts[0].spec
+        for mname, mopts in methods.items():
+            try:
+                method = get_method(mname, **mopts)
+                for size in sorted({s for s in sizes_for(method, spec, budgets, mname).values() if s is not None}):
+                    attempts = _run(mname, mopts, insts, size, base)
+                    if mname == name:
+                        solved_by_subject.setdefault(family, set()).update(
+                            (a.instance for a in attempts if a.solved))
+                    losses = [a.best_loss if math.isfinite(a.best_loss) else 1e300 for a in attempts]
+                    rows.append({"family": family, "method": mname, "size": size, "params": attempts[0].params,
+                                 "median_best_loss": statistics.median(losses),
+                                 "best_max_error": min(a.max_abs_error for a in attempts),
+                                 "solved": sum(a.solved for a in attempts), "total": len(attempts)})
+            except KeyboardInterrupt:
+                raise
+            except Exception:
+                errors[mname] = traceback.format_exc(limit=8)
+        log(f"card {name}: {family} done")
+    capacity = []
+    for mname in methods:
+        for params in sorted({r["params"] for r in rows if r["method"] == mname}):
+            full = [k for k in CAPACITY_SIZES if any(r["family"] == f"random-{k}" and r["method"] == mname and
+                                                     r["params"] == params and r["solved"] == r["total"]
+                                                     for r in rows)]
+            capacity.append({"method": mname, "params": params, "examples_memorized": max(full, default=0)})
+    conflicts = []
+    if getattr(subject, "kind", "") == "input-space":  # a certified L1 instance it memorized refutes its kind
+        from peftaudit.audit.runner import TOLERANCE, _certify_one
+        from peftaudit.claims import get_claim
+        l1 = draw_family("l1", count, d, seed)
+        for i in sorted(solved_by_subject.get("l1", ())):
+            summary = _certify_one(get_claim("L1"), l1[i], TOLERANCE)
+            if summary["status"] == "certified" and summary["checked"]:
+                conflicts.append(f"{name} memorized l1 instance {i}, which a checked L1 certificate proves no "
+                                 "prompt can: its declaration as input-space is false")
+    return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": getattr(subject, "kind", ""), "d": d,
+            "instances_per_family": count, "profile": profile.name, "seed": seed, "budgets": budgets,
+            "families": {k: f.description for k, f in FAMILIES.items()}, "rows": rows, "capacity": capacity,
+            "impossibilities": impossibilities(subject),
+            "declaration": declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0],
+                                             base),
+            "conflicts": conflicts, "errors": errors}

@@ -1,0 +1,134 @@
+"""A method card on disk: card.json, card.md, card.html and its figures, written atomically.
+
+Two figures, each answering one question: "which method reaches zero loss with the fewest
+parameters, family by family?" (median best replayed loss against trainable parameters) and
+"how many random examples does each parameter budget memorize?" (the capacity curve).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+FLOOR = 1e-32  # losses are drawn no lower than this on the log axis
+
+
+def _png(fig) -> bytes:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def figures(card: dict) -> dict[str, bytes]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(card["families"])
+    methods = list(dict.fromkeys(r["method"] for r in card["rows"]))
+    ncols = 3
+    nrows = -(-len(families) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(families):]:
+        ax.set_visible(False)
+    for ax, family in zip(axes.flat, families):
+        for m in methods:
+            rows = sorted((r for r in card["rows"] if r["family"] == family and r["method"] == m),
+                          key=lambda r: r["params"])
+            if rows:
+                ax.plot([r["params"] for r in rows], [max(r["median_best_loss"], FLOOR) for r in rows], marker="o",
+                        label=m, linewidth=2.5 if m == card["method"] else 1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("median best replayed loss")
+        ax.set_title(family, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{card['method']}: loss against parameters, beside the built-in methods (d = {card['d']})")
+    fig.tight_layout()
+    out = {"loss_vs_params.png": _png(fig)}
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for m in methods:
+        pts = sorted((c["params"], c["examples_memorized"]) for c in card["capacity"] if c["method"] == m)
+        if pts:
+            ax.plot([p for p, _ in pts], [k for _, k in pts], marker="o", label=m,
+                    linewidth=2.5 if m == card["method"] else 1)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("random examples memorized (all instances)")
+    ax.set_title("capacity: how many random examples a budget memorizes", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out["capacity.png"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def markdown(card: dict) -> str:
+    lines = [f"# Method card: {card['method']}", "",
+             f"Declared kind: **{card['kind'] or 'none'}**; options {json.dumps(card['options'])}; width d = "
+             f"{card['d']}, {card['instances_per_family']} instances per family, profile `{card['profile']}`, seed "
+             f"{card['seed']}. Search results are evidence, never proofs: a budget that did not memorize a family "
+             "may still be able to.", ""]
+    for problem in card["conflicts"]:
+        lines += [f"**ERROR: {problem}**", ""]
+    for mname, trace in card["errors"].items():
+        lines += [f"**ERROR in {mname}**: {trace.strip().splitlines()[-1]} (traceback in card.json)", ""]
+    lines += ["## Certified impossibilities", "", "| claim | statement | applies | why |", "|---|---|---|---|"]
+    lines += [f"| {x['claim']} | {x['statement']} | {'yes' if x['applies'] else 'no'} | {x['why']} |"
+              for x in card["impossibilities"]]
+    if card["declaration"]:
+        dec = card["declaration"]
+        lines += ["", f"Declaration check ({'confirmed' if dec['confirmed'] else 'FLAGGED'}): {dec['detail']}."]
+    lines += ["", "## Best replayed loss by family and budget", "",
+              "| family | method | size | params | median best loss | best max error | solved |",
+              "|---|---|---|---|---|---|---|"]
+    for r in card["rows"]:
+        lines.append(f"| {r['family']} | {r['method']} | {r['size']} | {r['params']} | {r['median_best_loss']:.3g} | "
+                     f"{r['best_max_error']:.2e} | {r['solved']}/{r['total']} |")
+    lines += ["", "## Capacity", "", "| method | params | random examples memorized |", "|---|---|---|"]
+    lines += [f"| {c['method']} | {c['params']} | {c['examples_memorized']} |" for c in card["capacity"]]
+    lines += ["", "Families:", ""] + [f"- `{k}`: {v}" for k, v in card["families"].items()]
+    lines += ["", "![loss against parameters](figures/loss_vs_params.png)", "",
+              "![capacity](figures/capacity.png)", ""]
+    return "\n".join(lines)
+
+
+def html(card: dict, figs: dict[str, bytes]) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    env = Environment(loader=PackageLoader("peftaudit.card", "."), autoescape=select_autoescape(["html", "j2"]))
+    images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
+    return env.get_template("card.html.j2").render(card=card, images=images)
+
+
+def write_files(card: dict, folder: Path) -> None:
+    """card.json, card.md, card.html and figures/ into an existing folder (a report's cards/ entry,
+    or write_card's temporary folder)."""
+    figs = figures(card)
+    (folder / "figures").mkdir(exist_ok=True)
+    for name, data in figs.items():
+        (folder / "figures" / name).write_bytes(data)
+    (folder / "card.json").write_text(json.dumps(card, indent=1))
+    (folder / "card.md").write_text(markdown(card))
+    (folder / "card.html").write_text(html(card, figs))
+
+
+def write_card(card: dict, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write the card into out_dir (new or empty, or with force a previous card), atomically."""
+    from peftaudit.audit.outdir import check_out_dir, install
+
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force, "card")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        write_files(card, tmp)
+        install(tmp, out_dir, force, "card")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
