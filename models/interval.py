@@ -45,6 +45,7 @@ class ExactAdapter:
     row_norm: Mapping[str, np.ndarray] = field(default_factory=dict)    # name -> m (rows,)
     row_scale: Mapping[str, np.ndarray] = field(default_factory=dict)   # name -> r (rows,)
     col_scale: Mapping[str, np.ndarray] = field(default_factory=dict)   # name -> c (cols,)
+    kron: Mapping[str, tuple] = field(default_factory=dict)             # name -> (factors1, factors2, s)
 
 
 @contextmanager
@@ -162,6 +163,10 @@ def _weights(spec: ModelSpec, weights: Mapping[str, np.ndarray], adapter: ExactA
         W[name] = _add(W[name], update)
     for name, D in adapter.delta.items():
         W[name] = _add(W[name], _imat(D)) if np.ndim(D) == 2 else [w + _iv(x) for w, x in zip(W[name], D)]
+    for name, (first, second, s) in adapter.kron.items():
+        A, B = _product(first), _product(second)
+        scale = _iv(s)
+        W[name] = _add(W[name], [[scale * a * b for a in row_a for b in row_b] for row_a in A for row_b in B])
     for name, m in adapter.row_norm.items():
         W[name] = [[_iv(mi) * w / iv.sqrt(iv.fsum(x * x for x in row)) for w in row]
                    for mi, row in zip(np.asarray(m, dtype=np.float64).reshape(-1), W[name])]
@@ -173,6 +178,14 @@ def _weights(spec: ModelSpec, weights: Mapping[str, np.ndarray], adapter: ExactA
         c = [_iv(x) for x in np.asarray(c, dtype=np.float64).reshape(-1)]
         W[name] = [[w * cj for w, cj in zip(row, c)] for row in W[name]]
     return W
+
+
+def _product(factors) -> IMat:
+    """The interval product of a list of matrices."""
+    out = _imat(factors[0])
+    for f in factors[1:]:
+        out = _matmul(out, _imat(f))
+    return out
 
 
 def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.ndarray,

@@ -484,7 +484,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search for a prompt, prefix or adapter that memorizes an instance")
     p.add_argument("instance")
     p.add_argument("--method", default="prompt",
-                   help="prompt, prefix, prefix-kv, lora, full, peft-lora, peft-dora, peft-ia3, an entry point "
+                   help="prompt, prefix, prefix-kv, lora, full, peft-lora, peft-dora, peft-ia3, peft-lokr, an entry point "
                         "of peftaudit.methods, or package.module:Name")
     p.add_argument("--lengths", type=_int_list, default=(1, 2, 4), help="prompt / prefix lengths, e.g. 1,2,4")
     p.add_argument("--rank", type=_bounded(1, MAX_SIZE, "a rank from 1"), default=1, help="LoRA rank")

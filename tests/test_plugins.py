@@ -71,7 +71,7 @@ def test_peft_guests_search_planted_lora_and_their_solutions_replay_exactly():
     for a in attempts:
         lo, hi = rigorous_replay(method, insts[a.instance], a.adapter)
         assert lo <= a.max_abs_error * 2 + 1e-15 and hi <= 1e-8
-    for name in ("peft-dora", "peft-ia3"):  # they run; what they find is stated as found (method cards)
+    for name in ("peft-dora", "peft-ia3", "peft-lokr"):  # they run; what they find is stated as found (method cards)
         found = search(insts[:1], SearchConfig(method=name, sizes=(1,), restarts=2, steps=20, polish_steps=20,
                                                device="cpu"), progress=False)
         assert found and np.isfinite(found[0].best_loss) and found[0].params == get_method(name).param_count(
@@ -80,7 +80,7 @@ def test_peft_guests_search_planted_lora_and_their_solutions_replay_exactly():
 
 @pytest.mark.parametrize("claim", ["L1", "L1+", "L2"])
 def test_the_weight_space_contrasts_also_succeed_with_peft_lora(claim):
-    result = run_audit([claim], methods=["peft-lora"], calibration=False, progress=False, quiet=True)
+    result = run_audit([claim], methods=["peft-lora"], calibration=False, progress=False, quiet=True, cards=False)
     c = result.report["claims"][0]
     rows = c["comparisons"]["peft-lora@1,2,4"]
     active = c["instances"] - c["vacuous"]
@@ -90,7 +90,7 @@ def test_the_weight_space_contrasts_also_succeed_with_peft_lora(claim):
 
 
 def test_registry_names_guests_and_plugins_and_refuses_bad_ones():
-    assert {"peft-lora", "peft-dora", "peft-ia3"} <= set(method_names())
+    assert {"peft-lora", "peft-dora", "peft-ia3", "peft-lokr"} <= set(method_names())
     with pytest.raises(UnknownNameError, match="package.module:Name"):
         get_method("no-such-method")
     with pytest.raises(InputError, match="importable"):
@@ -162,7 +162,8 @@ def test_pytest_option_runs_one_item_per_rule(pytester):
 def test_a_broken_user_method_is_an_error_for_that_method_and_the_audit_goes_on(tmp_path):
     methods = ["prompt", "user_methods:Raising", "user_methods:WrongShape", "user_methods:PromptModule",
                "user_methods:GatedValues"]
-    result = run_audit(["L1"], methods=methods, out=tmp_path / "r", calibration=False, progress=False, quiet=True)
+    result = run_audit(["L1"], methods=methods, out=tmp_path / "r", calibration=False, progress=False, quiet=True,
+                       cards=False)
     c = result.report["claims"][0]
     assert c["verdict"] == "CERTIFIED", c["reason"]
     assert set(c["method_errors"]) == {"user_methods:Raising@1", "user_methods:WrongShape@1"}
@@ -196,5 +197,6 @@ def test_float_solutions_of_a_method_without_an_exact_model_never_refute():
     c = result.report["claims"][0]
     assert any(r["solved"] for r in c["search"]["user_methods:GatedValues@1"])
     assert c["verdict"] == "SURVIVED" and "not confirmed" in c["reason"]
-    exact = run_audit([_false_claim("user_methods:PromptModule", planted_prompt=True)], calibration=False, progress=False, quiet=True)
+    exact = run_audit([_false_claim("user_methods:PromptModule", planted_prompt=True)], calibration=False,
+                      progress=False, quiet=True)
     assert exact.report["claims"][0]["verdict"] == "REFUTED"

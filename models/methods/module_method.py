@@ -15,7 +15,9 @@ unchanged:
 - B problems run as one program: `torch.func.vmap` over `functional_call` with each problem's
   own frozen weights and trainable tensors (the `stack_module_state` layout: a leading B axis);
 - trainable tensors start at the transform's own values plus seeded normal noise, one draw per
-  problem, so restarts differ and the same seed gives the same start.
+  problem, so restarts differ and the same seed gives the same start;
+- the adapted module runs in eval mode (no dropout): the forward must be a deterministic
+  function of its inputs, and vmap refuses a random operation inside it.
 
 The exact model (for the rigorous replay that decides REFUTED) is the method's to declare, by
 `exact(adapter)` returning an ExactAdapter in functional weight names; a method without
@@ -164,6 +166,7 @@ class ModuleMethod:
         if not isinstance(adapted, nn.Module):
             raise MethodContractError(self.name, "the transform returns an nn.Module",
                                       f"it returned {type(adapted).__name__}")
+        adapted.eval()  # no dropout: the forward must be a function of its inputs (vmap refuses randomness)
         base, trainable, constants = {}, {}, {}
         for key, p in adapted.named_parameters(remove_duplicate=False):
             if id(p) in by_id:

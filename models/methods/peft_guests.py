@@ -9,9 +9,15 @@ functional weight names of models/spec.py) for the rigorous replay:
     peft-dora  rows of W + s B A rescaled to the magnitudes m (DoRA; peft detaches the norm from
                the gradient, so the search sees an approximate Jacobian, never a wrong value)
     peft-ia3   diag(l) W and l * b for attention maps and fc2; W diag(l) for fc1 (feedforward)
+    peft-lokr  W + s kron(W_1, W_2), s = alpha / r, each factor a full matrix or the product of
+               its two low-rank parts, as peft builds them from the shapes and the rank
+
+VeRA is not a guest: peft's inject_adapter_in_model refuses it (its projections are shared
+state kept on the tuner, which needs get_peft_model and a transformers model).
 
 Options: targets (letters q, k, v, o, 1, 2 as for the built-in LoRA; IA3 defaults to v and 1)
-and, for LoRA and DoRA, alpha (peft's lora_alpha; default: the rank, so s = 1).
+and, for LoRA and DoRA, alpha (peft's lora_alpha; default: the rank, so s = 1). LoKr runs with
+alpha = r (s = 1): its full Kronecker factors do not show r, so its exact model could not.
 The extra is `pip install 'peftaudit[peft]'`; peft is imported only when a guest is built, with
 huggingface's offline switches set so that importing it makes no network call.
 """
@@ -30,7 +36,7 @@ from peftaudit.models.module import TransformerModule, linear_weight_name
 
 from .base import register_method
 from .lora import parse_targets
-from .module_method import ModuleMethod
+from .module_method import ModuleMethod, NoExactModel
 
 MODULE_OF = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "1": "fc1", "2": "fc2"}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -141,3 +147,30 @@ class PeftIA3(_PeftGuest):
                 if name.endswith(".W2"):
                     rows[name[:-2] + "b2"] = scale
         return ExactAdapter(row_scale=rows, col_scale=cols)
+
+
+@register_method("peft-lokr")
+class PeftLoKr(_PeftGuest):
+    name = "peft-lokr"
+    identity = True  # peft starts one Kronecker factor at zero
+
+    def __init__(self, targets: str | tuple[str, ...] | None = None):
+        super().__init__(targets)
+
+    def transform(self, module: TransformerModule, size: int) -> nn.Module:
+        config = self.peft.LoKrConfig(r=size, alpha=size, target_modules=self._modules(module))  # s = 1
+        return self.peft.inject_adapter_in_model(config, module)
+
+    def exact(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
+        out = {}
+        layers = {key.split(".lokr_")[0] for key in adapter if ".lokr_" in key}
+        for layer in layers:
+            def factors(which: str) -> tuple:
+                full = f"{layer}.lokr_{which}.default"
+                if full in adapter:
+                    return (adapter[full],)
+                if f"{layer}.lokr_t2.default" in adapter:
+                    raise NoExactModel("peft-lokr with a CP-decomposed factor has no declared exact model")
+                return adapter[f"{layer}.lokr_{which}_a.default"], adapter[f"{layer}.lokr_{which}_b.default"]
+            out[linear_weight_name(layer)] = (factors("w1"), factors("w2"), 1.0)  # s = alpha / r = 1
+        return ExactAdapter(kron=out)
