@@ -161,17 +161,35 @@ def test_pytest_option_runs_one_item_per_rule(pytester):
 
 def test_a_broken_user_method_is_an_error_for_that_method_and_the_audit_goes_on(tmp_path):
     methods = ["prompt", "user_methods:Raising", "user_methods:WrongShape", "user_methods:PromptModule",
-               "user_methods:GatedValues"]
+               "user_methods:GatedValues", "user_methods:WrongCount", "user_methods:NaNOutputs"]
     result = run_audit(["L1"], methods=methods, out=tmp_path / "r", calibration=False, progress=False, quiet=True,
                        cards=False)
     c = result.report["claims"][0]
     assert c["verdict"] == "CERTIFIED", c["reason"]
-    assert set(c["method_errors"]) == {"user_methods:Raising@1", "user_methods:WrongShape@1"}
+    assert set(c["method_errors"]) == {"user_methods:Raising@1", "user_methods:WrongShape@1",
+                                       "user_methods:WrongCount@1", "user_methods:NaNOutputs@1"}
+    assert "parameter count" in c["method_errors"]["user_methods:WrongCount@1"]
+    assert "NaN" in c["method_errors"]["user_methods:NaNOutputs@1"]
     assert "broken on purpose" in c["method_errors"]["user_methods:Raising@1"]
     assert "outputs have shape" in c["method_errors"]["user_methods:WrongShape@1"]
-    assert "user_methods:PromptModule@1,2,4" in c["search"]  # input-space: inherits L1, searched as a falsifier
+    assert "user_methods:PromptModule" in c["search"]  # input-space: inherits L1, searched as a falsifier
     assert "user_methods:GatedValues@1" in c["comparisons"]  # weight-space: reported for context
     assert "**ERROR**" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_an_inherited_claim_is_searched_within_its_own_terms():
+    """An input-space method stands in for prompt tuning at the prompt falsifier's sizes and norm
+    bound: L2 rules out prompts shorter than N only, M bounds the tokens' norms."""
+    from peftaudit.audit.runner import added_runs
+    from peftaudit.claims import get_claim
+    from peftaudit.settings import get_profile
+
+    prof = get_profile("quick")
+    falsifiers, comparisons = added_runs(get_claim("L2"), ["user_methods:PromptModule", "peft-lora"], prof)
+    assert [(r.method, r.sizes) for r in falsifiers] == [("user_methods:PromptModule", (1,))]
+    assert [r.method for r in comparisons] == ["peft-lora"]
+    falsifiers, comparisons = added_runs(get_claim("M"), ["user_methods:PromptModule"], prof)
+    assert not falsifiers and [r.method for r in comparisons] == ["user_methods:PromptModule"]  # cannot project
 
 
 def _false_claim(method: str, planted_prompt: bool = False) -> Claim:

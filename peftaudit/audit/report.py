@@ -132,8 +132,11 @@ def figures(report: dict) -> dict[str, bytes]:
             for label, rows in series.items():
                 by_params: dict[int, list[float]] = {}
                 for r in rows:
-                    by_params.setdefault(r["params"], []).append(max(r["best_loss"] or 1e300, 1e-32))
+                    if r["best_loss"] is not None:  # a broken method's non-finite losses are not drawn
+                        by_params.setdefault(r["params"], []).append(max(r["best_loss"], 1e-32))
                 xs = sorted(by_params)
+                if not xs:
+                    continue
                 ax.plot(xs, [median(by_params[x]) for x in xs], marker="o", label=label)
             ax.set_xscale("log")
             ax.set_yscale("log")

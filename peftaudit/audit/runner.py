@@ -97,23 +97,29 @@ def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: lis
 
 
 def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[tuple[MethodRun, ...], tuple[MethodRun, ...]]:
-    """Runs for methods the claim does not name (a user's method given to --methods): a method
-    that declares itself input-space (it only prepends trainable tokens) inherits the claim when
-    the claim's falsifiers include prompt tuning, so it is searched as a falsifier; any other
+    """Runs for methods the claim does not name (a user's method given to --methods). A method that
+    declares itself input-space (it only prepends trainable tokens, its size being their number)
+    inherits a "cannot" claim whose falsifier is prompt tuning, and is searched as a falsifier at
+    that falsifier's sizes (L2 rules out short prompts only) and under its norm bound (M's prompts
+    are bounded; a method that cannot be projected onto the ball is compared instead). Any other
     method is a comparison, reported for context. Returns (falsifiers, comparisons)."""
     from peftaudit.models.methods import get_method
 
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
+    prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
     falsifiers, comparisons = [], []
     for name in methods:
         if name in named:
             continue
         method = get_method(name)
         sizes = (1,) if getattr(method, "sized", True) is False or name == "full" else tuple(profile.lengths)
-        run = MethodRun(name, sizes=sizes)
-        inherits = (getattr(method, "kind", "") == "input-space" and claim.kind == "cannot"
-                    and any(r.method == "prompt" for r in claim.falsifiers))
-        (falsifiers if inherits else comparisons).append(run)
+        inherits = getattr(method, "kind", "") == "input-space" and claim.kind == "cannot" and prompt_runs
+        if inherits and prompt_runs[0].norm_bound is not None and not getattr(method, "projectable", False):
+            inherits = False  # its tokens could leave the ball the claim is about
+        if inherits:
+            falsifiers.extend(MethodRun(name, sizes=r.sizes, norm_bound=r.norm_bound) for r in prompt_runs)
+        else:
+            comparisons.append(MethodRun(name, sizes=sizes))
     return tuple(falsifiers), tuple(comparisons)
 
 
