@@ -51,16 +51,20 @@ def sizes_for(method, spec, budgets: list[int], name: str) -> dict[int, int | No
     point at its own count."""
     if name == "full" or getattr(method, "sized", True) is False:
         return {b: 1 for b in budgets}
-    out, size = {b: None for b in budgets}, 1
-    while size <= MAX_SIZE:
+    best: dict[int, tuple[int, int]] = {}   # budget -> (count, size): the most parameters that fit, smallest size
+    last, same = None, 0
+    for size in range(1, MAX_SIZE + 1):
         count = method.param_count(spec, size)
         if count > max(budgets):
             break
+        same = same + 1 if count == last else 0
+        if same >= 16:  # the count stopped growing with the size (LoKr's full factors): nothing new
+            break
+        last = count
         for b in budgets:
-            if count <= b:
-                out[b] = size
-        size += 1
-    return out
+            if count <= b and (b not in best or count > best[b][0]):
+                best[b] = (count, size)
+    return {b: best[b][1] if b in best else None for b in budgets}
 
 
 def _run(name: str, options: dict, insts, size: int, base) -> list:
