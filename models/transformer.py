@@ -18,6 +18,7 @@ from torch import Tensor
 from .spec import ModelSpec
 
 LAYERNORM_EPS = 1e-5
+LowRank = Mapping[str, tuple[Tensor, Tensor]]  # weight name -> (U (B, o, r), V (B, r, i)): W + U V
 
 
 def to_torch(weights: Mapping[str, np.ndarray], batch: int = 1, *, device: str | torch.device = "cpu",
@@ -43,18 +44,34 @@ def _attention_mask(spec: ModelSpec, total: int, n_prefix: int, device: torch.de
     return torch.cat([visible_prefix, causal], dim=1)
 
 
+def linear(Z: Tensor, W: Tensor, update: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Each problem's map W (B, o, i) on its tokens Z (B, E, T, i) -> (B, E, T, o), as one batched
+    matrix product over the flattened tokens (a broadcast over E would copy W once per example,
+    and once per tangent under the Jacobian's vmap). With a low-rank update (U (B, o, r), V (B, r, i))
+    the map is W + U V, applied as Z W^T + (Z V^T) U^T: its Jacobian in U and V costs O(r) per
+    tangent where the dense W + U V costs O(i)."""
+    B, E, T, i = Z.shape
+    flat = Z.reshape(B, E * T, i)                                              # (B,E*T,i)
+    out = flat @ W.transpose(1, 2)                                             # (B,E*T,o)
+    if update is not None:
+        U, V = update
+        out = out + (flat @ V.transpose(1, 2)) @ U.transpose(1, 2)             # (B,E*T,o)
+    return out.reshape(B, E, T, W.shape[1])                                    # (B,E,T,o)
+
+
 def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
-              prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+              prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
     """Sum over heads of Wo Wv [prefix, Z] softmax(logits); Z: (B, E, T, d) -> (B, E, T, d)."""
+    lr = low_rank or {}
     B, E, T, _ = Z.shape
     out = torch.zeros_like(Z)
     n_prefix = 0
     for h, head in enumerate(spec.layers[layer].heads):
         p = f"layers.{layer}.heads.{h}."
         Wq, Wk, Wv = params[p + "Wq"], params[p + "Wk"], params[p + "Wv"]  # (B,k,d) (B,k,d) (B,v,d)
-        q = Z @ Wq.transpose(1, 2).unsqueeze(1)                               # (B,E,T,k)
-        k = Z @ Wk.transpose(1, 2).unsqueeze(1)                               # (B,E,T,k)
-        v = Z @ Wv.transpose(1, 2).unsqueeze(1)                               # (B,E,T,v)
+        q = linear(Z, Wq, lr.get(p + "Wq"))                                  # (B,E,T,k)
+        k = linear(Z, Wk, lr.get(p + "Wk"))                                  # (B,E,T,k)
+        v = linear(Z, Wv, lr.get(p + "Wv"))                                  # (B,E,T,v)
         if prefix is not None:
             if p + "K" in prefix:  # peft style: free key and value vectors
                 pk, pv = prefix[p + "K"], prefix[p + "V"]                    # (B,m,k) (B,m,v)
@@ -72,35 +89,38 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
         weights = torch.softmax(logits, dim=-1)                              # (B,E,T,m+T)
         head_out = weights @ v                                               # (B,E,T,v)
         if head.has_wo:
-            head_out = head_out @ params[p + "Wo"].transpose(1, 2).unsqueeze(1)   # (B,E,T,d)
+            head_out = linear(head_out, params[p + "Wo"], lr.get(p + "Wo"))  # (B,E,T,d)
         out = out + head_out
     return out
 
 
-def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor) -> Tensor:
+def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor,
+        low_rank: LowRank | None = None) -> Tensor:
     """Token-wise MLP; residual adds H. H: (B, E, T, d) -> (B, E, T, d)."""
     p = f"layers.{layer}."
+    lr = low_rank or {}
     W1, b1, W2, b2 = params[p + "W1"], params[p + "b1"], params[p + "W2"], params[p + "b2"]
-    hidden = torch.relu(H @ W1.transpose(1, 2).unsqueeze(1) + b1[:, None, None, :])  # (B,E,T,h)
-    branch = hidden @ W2.transpose(1, 2).unsqueeze(1) + b2[:, None, None, :]         # (B,E,T,d)
+    hidden = torch.relu(linear(H, W1, lr.get(p + "W1")) + b1[:, None, None, :])   # (B,E,T,h)
+    branch = linear(hidden, W2, lr.get(p + "W2")) + b2[:, None, None, :]          # (B,E,T,d)
     return H + branch if spec.mlp == "residual" else branch
 
 
 def layer_forward(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
-                  prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+                  prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
     """tau(Z) = MLP(Z + Att(Z, Z)), with optional layer norm before the MLP."""
-    H = Z + attention(spec, params, layer, Z, prefix)                        # (B,E,T,d)
+    H = Z + attention(spec, params, layer, Z, prefix, low_rank)              # (B,E,T,d)
     if spec.layernorm:
         H = torch.nn.functional.layer_norm(H, H.shape[-1:], eps=LAYERNORM_EPS)
-    return mlp(spec, params, layer, H)
+    return mlp(spec, params, layer, H, low_rank)
 
 
 def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt: Tensor | None = None,
-            prefix: Mapping[str, Tensor] | None = None) -> Tensor:
+            prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
     """Final states of the input positions.
 
     X: (B, E, n, d) inputs; prompt: (B, m_p, d) shared by the E examples of a problem (prepended,
-    never positionally encoded); prefix: per-layer extra keys/values. Returns (B, E, n, d).
+    never positionally encoded); prefix: per-layer extra keys/values; low_rank: weight name ->
+    (U, V), the map W + U V in place of W (LoRA, applied factored). Returns (B, E, n, d).
     """
     B, E, n, d = X.shape
     if spec.positions:
@@ -109,5 +129,5 @@ def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt:
     if prompt is not None:
         Z = torch.cat([prompt.unsqueeze(1).expand(B, E, *prompt.shape[1:]), X], dim=2)  # (B,E,m_p+n,d)
     for layer in range(len(spec.layers)):
-        Z = layer_forward(spec, params, layer, Z, prefix)
+        Z = layer_forward(spec, params, layer, Z, prefix, low_rank)
     return Z[:, :, Z.shape[2] - n:, :]

@@ -56,17 +56,10 @@ class LoRA:
             out[name + ".B"] = randn(generator, batch, rows, size, scale=0.5, dtype=dtype, device=device)
         return out
 
-    def adapted(self, params: Params, trainable: Params) -> dict[str, Tensor]:
-        """The model weights with every low-rank update added."""
-        new = dict(params)
-        for key, A in trainable.items():
-            if key.endswith(".A"):
-                name = key[:-2]
-                new[name] = params[name] + trainable[name + ".B"] @ A  # (B,rows,r) @ (B,r,cols)
-        return new
-
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        return forward(spec, self.adapted(params, trainable), X)
+        """The forward with W + B A on the adapted matrices, applied factored (Z W^T + (Z A^T) B^T)."""
+        updates = {key[:-2]: (trainable[key[:-2] + ".B"], A) for key, A in trainable.items() if key.endswith(".A")}
+        return forward(spec, params, X, low_rank=updates)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         """W + B A, computed in the exact model (never rounded)."""
