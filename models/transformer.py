@@ -60,16 +60,19 @@ def linear(Z: Tensor, W: Tensor, update: tuple[Tensor, Tensor] | None = None) ->
 
 
 def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
-              prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
-    """Sum over heads of Wo Wv [prefix, Z] softmax(logits); Z: (B, E, T, d) -> (B, E, T, d)."""
+              prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None,
+              queries: int | None = None) -> Tensor:
+    """Sum over heads of Wo Wv [prefix, Z] softmax(logits); Z: (B, E, T, d) -> (B, E, T, d), or
+    only the last `queries` positions' outputs (B, E, queries, d) (keys and values from all)."""
     lr = low_rank or {}
     B, E, T, _ = Z.shape
-    out = torch.zeros_like(Z)
+    Q = T if queries is None else queries
+    out = torch.zeros_like(Z[:, :, T - Q:])
     n_prefix = 0
     for h, head in enumerate(spec.layers[layer].heads):
         p = f"layers.{layer}.heads.{h}."
         Wq, Wk, Wv = params[p + "Wq"], params[p + "Wk"], params[p + "Wv"]  # (B,k,d) (B,k,d) (B,v,d)
-        q = linear(Z, Wq, lr.get(p + "Wq"))                                  # (B,E,T,k)
+        q = linear(Z[:, :, T - Q:], Wq, lr.get(p + "Wq"))                    # (B,E,Q,k)
         k = linear(Z, Wk, lr.get(p + "Wk"))                                  # (B,E,T,k)
         v = linear(Z, Wv, lr.get(p + "Wv"))                                  # (B,E,T,v)
         if prefix is not None:
@@ -82,14 +85,14 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
             n_prefix = pk.shape[1]
             k = torch.cat([pk.unsqueeze(1).expand(B, E, *pk.shape[1:]), k], dim=2)  # (B,E,m+T,k)
             v = torch.cat([pv.unsqueeze(1).expand(B, E, *pv.shape[1:]), v], dim=2)  # (B,E,m+T,v)
-        logits = q @ k.transpose(2, 3)                                       # (B,E,T,m+T)
+        logits = q @ k.transpose(2, 3)                                       # (B,E,Q,m+T)
         mask = _attention_mask(spec, T, n_prefix, Z.device)
         if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=-1)                              # (B,E,T,m+T)
-        head_out = weights @ v                                               # (B,E,T,v)
+            logits = logits.masked_fill(~mask[T - Q:], float("-inf"))
+        weights = torch.softmax(logits, dim=-1)                              # (B,E,Q,m+T)
+        head_out = weights @ v                                               # (B,E,Q,v)
         if head.has_wo:
-            head_out = linear(head_out, params[p + "Wo"], lr.get(p + "Wo"))  # (B,E,T,d)
+            head_out = linear(head_out, params[p + "Wo"], lr.get(p + "Wo"))  # (B,E,Q,d)
         out = out + head_out
     return out
 
@@ -106,21 +109,27 @@ def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor,
 
 
 def layer_forward(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tensor,
-                  prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
-    """tau(Z) = MLP(Z + Att(Z, Z)), with optional layer norm before the MLP."""
-    H = Z + attention(spec, params, layer, Z, prefix, low_rank)              # (B,E,T,d)
+                  prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None,
+                  keep: int | None = None) -> Tensor:
+    """tau(Z) = MLP(Z + Att(Z, Z)), with optional layer norm before the MLP; with `keep`, only the
+    last `keep` positions' states (B, E, keep, d): each position's output needs only its own query."""
+    Q = Z.shape[2] if keep is None else keep
+    H = Z[:, :, Z.shape[2] - Q:] + attention(spec, params, layer, Z, prefix, low_rank, Q)  # (B,E,Q,d)
     if spec.layernorm:
         H = torch.nn.functional.layer_norm(H, H.shape[-1:], eps=LAYERNORM_EPS)
     return mlp(spec, params, layer, H, low_rank)
 
 
 def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt: Tensor | None = None,
-            prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None) -> Tensor:
+            prefix: Mapping[str, Tensor] | None = None, low_rank: LowRank | None = None,
+            keep: int | None = None) -> Tensor:
     """Final states of the input positions.
 
     X: (B, E, n, d) inputs; prompt: (B, m_p, d) shared by the E examples of a problem (prepended,
     never positionally encoded); prefix: per-layer extra keys/values; low_rank: weight name ->
-    (U, V), the map W + U V in place of W (LoRA, applied factored). Returns (B, E, n, d).
+    (U, V), the map W + U V in place of W (LoRA, applied factored). Returns (B, E, n, d), or with
+    `keep` only the last `keep` positions (B, E, keep, d): the last layer then computes no other
+    position (the search's residuals need only the target positions).
     """
     B, E, n, d = X.shape
     if spec.positions:
@@ -128,6 +137,7 @@ def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt:
     Z = X
     if prompt is not None:
         Z = torch.cat([prompt.unsqueeze(1).expand(B, E, *prompt.shape[1:]), X], dim=2)  # (B,E,m_p+n,d)
+    last = len(spec.layers) - 1
     for layer in range(len(spec.layers)):
-        Z = layer_forward(spec, params, layer, Z, prefix, low_rank)
-    return Z[:, :, Z.shape[2] - n:, :]
+        Z = layer_forward(spec, params, layer, Z, prefix, low_rank, keep if layer == last else None)
+    return Z[:, :, Z.shape[2] - (n if keep is None else keep):, :]

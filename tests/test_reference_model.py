@@ -82,3 +82,22 @@ def test_causal_prompt_never_sees_the_input():
     out2 = forward(spec, weights, X2, prompt=P)
     assert torch.equal(out1[..., 0, :], out2[..., 0, :])  # position 0 cannot see position 1
     assert not torch.equal(out1[..., 1, :], out2[..., 1, :])
+
+
+@given(generic_instances(specs=model_specs(max_layers=2, max_heads=2)), st.integers(0, 2), st.integers(1, 3), rngs())
+def test_keep_and_factored_updates_compute_the_same_outputs(inst, prompt_len, keep, rng):
+    """keep=k gives the last k positions of the full forward; a factored update W + U V gives what
+    the dense matrix does (the search uses both; every reported number comes from a replay)."""
+    W = to_torch(inst.weights)
+    X = torch.as_tensor(inst.inputs())[None]
+    P = torch.as_tensor(rng.normal(size=(1, prompt_len, inst.spec.d))) if prompt_len else None
+    keep = min(keep, X.shape[2])
+    full = forward(inst.spec, W, X, prompt=P)
+    torch.testing.assert_close(forward(inst.spec, W, X, prompt=P, keep=keep), full[:, :, -keep:], rtol=0, atol=1e-13)
+    name = "layers.0.heads.0.Wv"
+    U = torch.as_tensor(rng.normal(size=(1, W[name].shape[1], 2)))
+    V = torch.as_tensor(rng.normal(size=(1, 2, W[name].shape[2])))
+    dense = forward(inst.spec, {**W, name: W[name] + U @ V}, X, prompt=P)
+    factored = forward(inst.spec, W, X, prompt=P, low_rank={name: (U, V)})
+    scale = max(1.0, float(dense.abs().max()))
+    assert float((dense - factored).abs().max()) <= 1e-10 * scale

@@ -31,7 +31,9 @@ class Method(Protocol):
         """Fresh random trainable tensors for `batch` problems (none uses knowledge of targets)."""
 
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        """Final states of the input positions, (B, E, n, d), for X of shape (B, E, n, d)."""
+        """Final states of the input positions, (B, E, n, d), for X of shape (B, E, n, d). A method
+        may also take `keep=k` and return only the last k positions (B, E, k, d): the search then
+        asks for the target positions only (the built-in methods do; it is optional)."""
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         """Trainable parameters of one problem at this size."""

@@ -28,8 +28,9 @@ class FullFineTuning:
         return {name: randn(generator, batch, *shape, scale=0.1, dtype=dtype, device=device)
                 for name, shape in spec.weight_shapes()}
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        return forward(spec, {name: params[name] + trainable[name] for name in params}, X)
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                keep: int | None = None) -> Tensor:
+        return forward(spec, {name: params[name] + trainable[name] for name in params}, X, keep=keep)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         return ExactAdapter(delta=dict(adapter))

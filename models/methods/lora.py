@@ -56,10 +56,11 @@ class LoRA:
             out[name + ".B"] = randn(generator, batch, rows, size, scale=0.5, dtype=dtype, device=device)
         return out
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                keep: int | None = None) -> Tensor:
         """The forward with W + B A on the adapted matrices, applied factored (Z W^T + (Z A^T) B^T)."""
         updates = {key[:-2]: (trainable[key[:-2] + ".B"], A) for key, A in trainable.items() if key.endswith(".A")}
-        return forward(spec, params, X, low_rank=updates)
+        return forward(spec, params, X, low_rank=updates, keep=keep)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         """W + B A, computed in the exact model (never rounded)."""

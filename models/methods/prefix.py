@@ -30,8 +30,9 @@ class PrefixStates:
         return {f"layers.{li}.states": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)
                 for li in range(len(spec.layers))}  # each (B,m,d)
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        return forward(spec, params, X, prefix=trainable)
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                keep: int | None = None) -> Tensor:
+        return forward(spec, params, X, prefix=trainable, keep=keep)
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * spec.d * len(spec.layers)
@@ -60,8 +61,9 @@ class PrefixKeyValue:
                 out[p + "V"] = randn(generator, batch, size, head.v, scale=1.0, dtype=dtype, device=device)  # (B,m,v)
         return out
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        return forward(spec, params, X, prefix=trainable)
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                keep: int | None = None) -> Tensor:
+        return forward(spec, params, X, prefix=trainable, keep=keep)
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * sum(h.k + h.v for layer in spec.layers for h in layer.heads)

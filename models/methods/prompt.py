@@ -25,8 +25,9 @@ class SoftPrompt:
         check_size(self.name, size)
         return {"prompt": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)}  # (B,m_p,d)
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
-        return forward(spec, params, X, prompt=trainable["prompt"])
+    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                keep: int | None = None) -> Tensor:
+        return forward(spec, params, X, prompt=trainable["prompt"], keep=keep)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         """How the found prompt enters the exact model (for the rigorous replay)."""

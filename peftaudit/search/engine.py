@@ -104,6 +104,15 @@ class Attempt:
         return out
 
 
+def takes_keep(method: Method) -> bool:
+    """The method's outputs accept keep=k (the last k positions only; optional in the contract)."""
+    import inspect
+    try:
+        return "keep" in inspect.signature(method.outputs).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _chunk_seed(seed: int, *parts: object) -> int:
     digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -203,8 +212,10 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     done_error = config.tolerance * 1e-2  # stop well inside the replay tolerance
     data = (dict(weights), X, Y)
 
+    partial = {"keep": k} if takes_keep(method) else {}  # the target positions only, where it can
+
     def residuals(theta: torch.Tensor, W: dict, X_b: torch.Tensor, Y_b: torch.Tensor) -> torch.Tensor:
-        out = method.outputs(spec, W, unflat(theta, template), X_b)      # (b,E,n,d)
+        out = method.outputs(spec, W, unflat(theta, template), X_b, **partial)  # (b,E,k,d) or (b,E,n,d)
         return (out[:, :, out.shape[2] - k:, :] - Y_b).reshape(out.shape[0], -1)  # (b,R)
 
     project = None
@@ -228,7 +239,10 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
                                              hopeless_slack=hopeless, mu_start=mu_start,
                                              owners=None if owner is None else owner[idx], on_step=count)
     everyone = torch.arange(theta0.shape[0], device=device)
-    theta, loss, err = lm(theta0, everyone)
+    if owner is None:
+        theta, loss, err = lm(theta0, everyone)
+    else:  # restarts in two waves: each instance's first start, then the others where it failed
+        theta, loss, err = _lm_in_waves(lm, theta0, owner, done_error)
     unsolved = err > done_error                                           # (B,)
     if owner is not None:  # an instance with a solved restart needs no more
         unsolved &= ~solved_owners(owner, ~unsolved)[owner]
@@ -244,6 +258,24 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
         better = loss2 < loss[stuck]
         theta[stuck] = torch.where(better[:, None], theta2, theta[stuck])
     return {name: t.detach() for name, t in unflat(theta, template).items()}
+
+
+def _lm_in_waves(lm, theta0: torch.Tensor, owner: torch.Tensor, done_error: float):
+    """LM on the first start of every instance, then on its other starts only where that one
+    failed, as a per-instance solver tries its restarts in turn: an easy instance costs one
+    start, not all of them. Rows never run keep their start, with infinite loss and error."""
+    B = theta0.shape[0]
+    first = torch.ones(B, dtype=torch.bool, device=theta0.device)
+    first[1:] = owner[1:] != owner[:-1]                                   # (B,) rows of one instance are adjacent
+    theta, loss = theta0.clone(), torch.full((B,), math.inf, dtype=theta0.dtype, device=theta0.device)
+    err = loss.clone()
+    lead = first.nonzero().squeeze(1)                                     # (I,)
+    theta[lead], loss[lead], err[lead] = lm(theta0[lead], lead)
+    done = solved_owners(owner, err <= done_error)                        # (owners,)
+    rest = (~first & ~done[owner]).nonzero().squeeze(1)                   # (s,)
+    if rest.numel():
+        theta[rest], loss[rest], err[rest] = lm(theta0[rest], rest)
+    return theta, loss, err
 
 
 def _finish(instances, groups, method: Method, config: SearchConfig, device: torch.device,
