@@ -98,9 +98,11 @@ def _run(args, env, cwd, timeout=900):
 
 
 def test_example_plugin_installed_with_pip_gets_audited_carded_and_tested(tmp_path):
-    site = tmp_path / "site"
+    import shutil
+    site, source = tmp_path / "site", tmp_path / "peftaudit-mlp-prompt"
+    shutil.copytree(ROOT / "examples" / "peftaudit-mlp-prompt", source)  # the build writes beside the sources
     done = _run(["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
-                 str(ROOT / "examples" / "peftaudit-mlp-prompt")], os.environ.copy(), tmp_path)
+                 str(source)], os.environ.copy(), tmp_path)
     assert done.returncode == 0, done.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     audit = _run(["-m", "peftaudit.cli", "audit", "--claims", "L1,MLP-PROMPT-L1", "--methods", "mlp-prompt",
