@@ -530,7 +530,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
                            device=args.device, out=out, force=args.force, calibration=not args.no_calibration,
-                           progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards)
+                           progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
+                           card_families=_names(args.card_families, "--card-families") if args.card_families else None)
     except KeyboardInterrupt:
         print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
         return 130
@@ -565,6 +566,7 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="restrict searches to these methods (comma-separated); a method no claim "
                                      "names (a plugin, package.module:Name, a peft guest) is added, and gets a card")
     p.add_argument("--no-cards", action="store_true", help="no method cards for the methods --methods adds")
+    p.add_argument("--card-families", help="the cards' families (comma-separated; default: all)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -596,7 +598,9 @@ def cmd_card(args: argparse.Namespace) -> int:
     prof = get_profile(args.profile)
     base = search_config(prof, args.seed, str(resolve_device(args.device)))
     log = (lambda s: None) if args.json else log_stderr
-    card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count, log=log)
+    families = _names(args.families, "--families") if args.families is not None else None
+    card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count, families=families,
+                       log=log)
     folder = write_card(card, out, force=args.force)
     if args.json:
         print(json.dumps(card))
@@ -625,6 +629,7 @@ def _register_card(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--d", type=_bounded(2, 64, "a width from 2"), default=4, help="model width of the battery")
     p.add_argument("--count", type=_bounded(1, 64, "a count from 1"), default=3, help="instances per family")
+    p.add_argument("--families", help="comma-separated families (default: all; see README, Method cards)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="card folder (default: cards/<method>); must not exist, or be empty")
     p.add_argument("--force", action="store_true", help="replace --out if it holds a previous card")

@@ -38,7 +38,8 @@ def test_budgets_pick_the_largest_size_that_fits():
 
 def test_card_of_an_input_space_method(tmp_path):
     prof = get_profile("quick")
-    card = run_battery("user_methods:PromptModule", {}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2)
+    card = run_battery("user_methods:PromptModule", {}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2,
+                       families=["l1", "planted-prompt", "planted-lora", "random-1", "random-2"])
     assert [x["applies"] for x in card["impossibilities"]] == [True] * 4
     assert card["declaration"]["confirmed"] and not card["conflicts"] and not card["errors"]
     mine = [r for r in card["rows"] if r["method"] == "user_methods:PromptModule"]
@@ -48,6 +49,7 @@ def test_card_of_an_input_space_method(tmp_path):
     assert any(r["family"] == "planted-lora" and r["method"] == "lora" and r["solved"] for r in card["rows"])
     folder = write_card(card, tmp_path / "card")
     assert (folder / "card.html").read_text().count("data:image/png;base64,") == 2
+    assert any(c["examples_memorized"] >= 1 for c in card["capacity"] if c["method"] == "user_methods:PromptModule")
     md = (folder / "card.md").read_text()
     assert "| L1 |" in md and "Declaration check (confirmed)" in md
     with pytest.raises(InputError, match="new or empty"):
@@ -71,7 +73,8 @@ def test_card_flags_a_false_input_space_declaration():
     _REGISTRY["pretender"] = Pretender
     try:
         prof = get_profile("quick")
-        card = run_battery("pretender", {"targets": "v"}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2)
+        card = run_battery("pretender", {"targets": "v"}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2,
+                           families=["l1"])
     finally:
         _REGISTRY.pop("pretender")
     assert card["conflicts"] and "declaration as input-space is false" in card["conflicts"][0]
@@ -93,6 +96,11 @@ def test_user_claims_follow_the_verdict_rules():
     assert claim["verdict"] == "SURVIVED" and "not solved: instance 0" in claim["reason"]  # failures listed
 
 
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def _run(args, env, cwd, timeout=900):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -104,9 +112,11 @@ def test_example_plugin_installed_with_pip_gets_audited_carded_and_tested(tmp_pa
     done = _run(["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
                  str(source)], os.environ.copy(), tmp_path)
     assert done.returncode == 0, done.stderr
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(torch_threads())}
     audit = _run(["-m", "peftaudit.cli", "audit", "--claims", "L1,MLP-PROMPT-L1", "--methods", "mlp-prompt",
-                  "--no-calibration", "--out", str(tmp_path / "rep")], env, tmp_path)
+                  "--card-families", "l1,planted-prompt,random-1", "--no-calibration", "--out", str(tmp_path / "rep")],
+                 env, tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     verdicts = {c["id"]: c["verdict"] for c in report["claims"]}

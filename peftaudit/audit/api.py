@@ -39,7 +39,8 @@ class AuditResult:
 def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
               methods: Sequence[str] | None = None, jobs: int = 1, device: str = "auto",
               out: str | Path | None = None, force: bool = False, calibration: bool = True, progress: bool = True,
-              quiet: bool = False, argv: Sequence[str] = (), cards: bool = True) -> AuditResult:
+              quiet: bool = False, argv: Sequence[str] = (), cards: bool = True,
+              card_families: Sequence[str] | None = None) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
 
     `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
@@ -85,7 +86,7 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
             if m in BUILTIN_METHODS:
                 continue
             log(f"method card: {m}")
-            result_card = run_battery(m, {}, prof, seed, base, log=log)
+            result_card = run_battery(m, {}, prof, seed, base, families=card_families, log=log)
             report["cards"][m] = {"folder": f"cards/{card_folder(m)}", "card": result_card}
     out_dir = None
     if out is not None:

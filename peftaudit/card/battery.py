@@ -17,13 +17,13 @@ import math
 import statistics
 import traceback
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from peftaudit.limits import MAX_SIZE
 from peftaudit.models.methods import get_method
 from peftaudit.search.engine import search
 from peftaudit.settings import Profile
-from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family
+from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family, get_family
 
 CARD_SCHEMA = "peftaudit.card/1"
 COMPARATORS = {"prompt": {}, "prefix": {}, "lora": {"targets": "v"}, "full": {}}
@@ -117,15 +117,17 @@ def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict
 
 
 def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, d: int = 4, count: int = 3,
-                log: Callable[[str], None] = lambda s: None) -> dict:
-    """Everything a method card shows, as plain JSON-ready data."""
+                families: Sequence[str] | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Everything a method card shows, as plain JSON-ready data (`families`: a subset of the
+    named families, default all)."""
+    chosen = list(FAMILIES) if families is None else [get_family(f).name for f in families]
     subject = get_method(name, **options)
     methods = {name: dict(options), **{k: v for k, v in COMPARATORS.items() if k != name}}
     budgets = [f * d for f in BUDGET_FACTORS.get(profile.name, DEFAULT_FACTORS)]
     if profile.name == "quick":
         base = replace(base, **{k: min(getattr(base, k), v) for k, v in QUICK_SEARCH.items()})
     rows, errors, solved_by_subject = [], {}, {}
-    for family in FAMILIES:
+    for family in chosen:
         insts = draw_family(family, count, d, seed)
         spec = insts[0].spec
         for mname, mopts in methods.items():
@@ -165,7 +167,7 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
                                  "prompt can: its declaration as input-space is false")
     return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": getattr(subject, "kind", ""), "d": d,
             "instances_per_family": count, "profile": profile.name, "seed": seed, "budgets": budgets,
-            "families": {k: f.description for k, f in FAMILIES.items()}, "rows": rows, "capacity": capacity,
+            "families": {k: FAMILIES[k].description for k in chosen}, "rows": rows, "capacity": capacity,
             "impossibilities": impossibilities(subject),
             "declaration": declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0],
                                              base),
