@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from peftaudit.errors import InputError, PeftauditError
+from peftaudit.errors import InputError, PeftauditError, Terminated
 from peftaudit.limits import LIMITS, MAX_RESTARTS, MAX_SIZE
 
 EXIT_BAD_INPUT = 2
@@ -294,7 +294,7 @@ def _internal_error(command: str, exc: BaseException) -> int:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: cleaned up, nothing partial left
+    raise Terminated  # SIGTERM is handled like Ctrl-C: cleaned up, nothing partial left
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeftauditError as exc:
         print(f"peftaudit {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         print(f"peftaudit {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a vanished folder: say which file, no traceback
@@ -367,9 +367,11 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 def _method_sizes(args: argparse.Namespace, method) -> tuple[int, ...]:
     """--sizes if given; else the rank for rank methods, 1 for methods without a size, the lengths."""
+    from peftaudit.models.methods.base import one_size
+
     if args.sizes:
         return args.sizes
-    if args.method == "full" or getattr(method, "sized", True) is False:
+    if one_size(method):
         return (1,)
     return (args.rank,) if method.size_name == "rank" else args.lengths
 
@@ -532,7 +534,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                            device=args.device, out=out, force=args.force, calibration=not args.no_calibration,
                            progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
                            card_families=_names(args.card_families, "--card-families") if args.card_families else None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
         return 130
     print(f"peftaudit audit ({args.profile}, seed {args.seed}) in {time.perf_counter() - started:.0f} s")

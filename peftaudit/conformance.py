@@ -214,7 +214,6 @@ def rule_replay(s: Subject) -> str:
 def rule_exact(s: Subject) -> str:
     from peftaudit.models.interval import enclose_outputs, ends
     from peftaudit.models.methods.module_method import NoExactModel
-    from peftaudit.search.engine import replay
     inst = s.instances[0]
     adapter = {k: v[0].numpy() for k, v in _init(s, inst, 1, 3).items()}
     try:
@@ -234,7 +233,6 @@ def rule_exact(s: Subject) -> str:
                 assert gap <= 1e-9 * max(1.0, abs(value)), \
                     f"the exact model's output ({e},{t},{j}) lies in [{float(lo):.6g}, {float(hi):.6g}], the " \
                     f"forward gives {value:.6g}"
-    replay(s.method, inst, adapter)
     return f"the forward lies within {worst:.1e} of the exact model's enclosure"
 
 
@@ -253,9 +251,10 @@ RULES: dict[str, Callable[[Subject], str]] = {
 
 def subject(name: str, options: dict | None = None, size: int | None = None) -> Subject:
     from peftaudit.models.methods import get_method
+    from peftaudit.models.methods.base import one_size
     method = get_method(name, **(options or {}))
     if size is None:
-        size = 2 if getattr(method, "sized", True) and name != "full" else 1
+        size = 1 if one_size(method) else 2
     return Subject(name, dict(options or {}), method, _instances(), size)
 
 

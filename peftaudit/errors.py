@@ -7,6 +7,12 @@ class PeftauditError(Exception):
     """Base class of every error peftaudit raises on purpose."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, handled like Ctrl-C (cleaned up, nothing partial left). Not a KeyboardInterrupt:
+    CPython kills itself with SIGINT at exit when a KeyboardInterrupt passed through some C-level
+    evaluation during the run, even one caught later, so SIGTERM would end as -2, not 130."""
+
+
 class InputError(PeftauditError, ValueError):
     """Bad input: a file, an argument or an option that cannot be used as given."""
 

@@ -31,9 +31,9 @@ def user_methods():
 
 def test_budgets_pick_the_largest_size_that_fits():
     spec = simple_spec(4)
-    assert sizes_for(get_method("prompt"), spec, [4, 8, 16], "prompt") == {4: 1, 8: 2, 16: 4}
-    assert sizes_for(get_method("lora", targets="v"), spec, [4, 8, 16], "lora") == {4: None, 8: 1, 16: 2}
-    assert set(sizes_for(get_method("full"), spec, [4, 8], "full").values()) == {1}  # one reference point
+    assert sizes_for(get_method("prompt"), spec, [4, 8, 16]) == {4: 1, 8: 2, 16: 4}
+    assert sizes_for(get_method("lora", targets="v"), spec, [4, 8, 16]) == {4: None, 8: 1, 16: 2}
+    assert set(sizes_for(get_method("full"), spec, [4, 8]).values()) == {1}  # one reference point
 
 
 def test_card_of_an_input_space_method(tmp_path):

@@ -1,8 +1,6 @@
 """Bring your own method: module methods, peft's methods as guests, plugins, conformance, isolation."""
 
-import json
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from peftaudit.conformance import RULES, check_method
 from peftaudit.errors import InputError, UnknownNameError
 from peftaudit.models.methods import base as registry
 from peftaudit.models.methods import get_method, method_names
+from peftaudit.models.module import linear_weight_name
 from peftaudit.models.spec import simple_spec
 from peftaudit.models.transformer import to_torch
 from peftaudit.search.engine import SearchConfig, rigorous_replay, search
@@ -53,9 +52,7 @@ def test_peft_lora_equals_the_own_lora_for_the_same_factors(spec, targets):
     assert guest.param_count(spec, rank) == own.param_count(spec, rank)
     mine = {}
     for key, value in tensors.items():
-        name = key.split(".lora_")[0]
-        from peftaudit.models.module import linear_weight_name
-        weight = linear_weight_name(name)
+        weight = linear_weight_name(key.split(".lora_")[0])
         mine[weight + (".A" if ".lora_A." in key else ".B")] = value * (alpha / rank if ".lora_B." in key else 1)
     a, b = guest.outputs(spec, params, tensors, X), own.outputs(spec, params, mine, X)
     assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(b.abs().max()))

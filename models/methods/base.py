@@ -115,6 +115,11 @@ def get_method(name: str, **options: object) -> Method:
     return method
 
 
+def one_size(method: object) -> bool:
+    """The method has a single size (full fine-tuning, IA3): it runs at size 1 only."""
+    return getattr(method, "sized", True) is False
+
+
 def check_size(method: str, size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise InputError(f"{method} size", size, "a positive integer")

@@ -22,6 +22,7 @@ from .base import Params, randn, register_method
 class FullFineTuning:
     name = "full"
     size_name = "size"  # ignored: full fine-tuning has one size
+    sized = False
 
     def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
              dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:

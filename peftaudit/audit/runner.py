@@ -104,6 +104,7 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[
     are bounded; a method that cannot be projected onto the ball is compared instead). Any other
     method is a comparison, reported for context. Returns (falsifiers, comparisons)."""
     from peftaudit.models.methods import get_method
+    from peftaudit.models.methods.base import one_size
 
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
     prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
@@ -112,7 +113,7 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[
         if name in named:
             continue
         method = get_method(name)
-        sizes = (1,) if getattr(method, "sized", True) is False or name == "full" else tuple(profile.lengths)
+        sizes = (1,) if one_size(method) else tuple(profile.lengths)
         inherits = getattr(method, "kind", "") == "input-space" and claim.kind == "cannot" and prompt_runs
         if inherits and prompt_runs[0].norm_bound is not None and not getattr(method, "projectable", False):
             inherits = False  # its tokens could leave the ball the claim is about

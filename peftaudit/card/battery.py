@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from peftaudit.limits import MAX_SIZE
 from peftaudit.models.methods import get_method
+from peftaudit.models.methods.base import one_size
 from peftaudit.search.engine import search
 from peftaudit.settings import Profile
 from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family, get_family
@@ -45,11 +46,11 @@ def card_folder(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "method"
 
 
-def sizes_for(method, spec, budgets: list[int], name: str) -> dict[int, int | None]:
+def sizes_for(method, spec, budgets: list[int]) -> dict[int, int | None]:
     """Budget -> the largest size whose parameter count fits it (None: none fits). A method with one
     size (full fine-tuning, methods without a size) runs at it whatever the budget: one reference
     point at its own count."""
-    if name == "full" or getattr(method, "sized", True) is False:
+    if one_size(method):
         return {b: 1 for b in budgets}
     best: dict[int, tuple[int, int]] = {}   # budget -> (count, size): the most parameters that fit, smallest size
     last, same = None, 0
@@ -133,7 +134,7 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
         for mname, mopts in methods.items():
             try:
                 method = get_method(mname, **mopts)
-                for size in sorted({s for s in sizes_for(method, spec, budgets, mname).values() if s is not None}):
+                for size in sorted({s for s in sizes_for(method, spec, budgets).values() if s is not None}):
                     attempts = _run(mname, mopts, insts, size, base)
                     if mname == name:
                         solved_by_subject.setdefault(family, set()).update(
