@@ -85,9 +85,7 @@ def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: lis
                          norm_bound=run.norm_bound)
         try:
             attempts = search(subset, config, progress=progress) if subset else []
-        except KeyboardInterrupt:
-            raise
-        except Exception:
+        except Exception:  # Ctrl-C and SIGTERM are BaseExceptions: they pass
             if run.label not in outcome.added:
                 raise
             outcome.method_errors[run.label] = traceback.format_exc(limit=8)
