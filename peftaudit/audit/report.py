@@ -67,6 +67,7 @@ def claim_json(o: ClaimOutcome) -> dict:
         "counterexamples": [], "violations": o.violations, "errors": o.errors,
         "method_errors": dict(o.method_errors),
         "parameter_table": c.parameter_table,
+        "evidence": c.evidence, "study": o.study,
     }
     if c.parameter_table:
         out["parameters"] = parameter_rows(out)
@@ -147,7 +148,8 @@ def figures(report: dict) -> dict[str, bytes]:
         fig.tight_layout()
         out["loss_vs_params.png"] = _figure_png(fig)
         plt.close(fig)
-    margins = [(c["id"], x["margin"]) for c in report["claims"] for x in c["certificates"] if x["margin"]]
+    margins = [(c["id"], x["margin"]) for c in report["claims"] if c["kind"] == "cannot"
+               for x in c["certificates"] if x["margin"]]
     if margins:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for cid in sorted({m[0] for m in margins}):
@@ -168,6 +170,8 @@ def figures(report: dict) -> dict[str, bytes]:
             ax.text(i, cal[n]["recall"] + 0.01, f"{cal[n]['solved']}/{cal[n]['total']}", ha="center", fontsize=8)
         out["calibration.png"] = _figure_png(fig)
         plt.close(fig)
+    from .universality import universality_figures
+    out.update(universality_figures(report, plt, _figure_png))
     return out
 
 
@@ -237,6 +241,9 @@ def markdown(report: dict) -> str:
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
+        if (c.get("study") or {}).get("kind") == "universality":
+            from .universality import universality_markdown
+            lines += universality_markdown(c["study"])
         for ce in c["counterexamples"]:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
         for label, trace in c.get("method_errors", {}).items():
@@ -271,6 +278,8 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
+    from .universality import NOTE, universality_table
+    env.globals.update(universality_table=universality_table, universality_note=NOTE)
     return env.get_template("report.html.j2").render(report=report, images=images)
 
 

@@ -43,6 +43,7 @@ class ClaimOutcome:
     verdict: str = "ERROR"
     reason: str = ""
     violations: list[str] = field(default_factory=list)
+    study: dict | None = None   # a claim's own report section (claim.study)
 
 
 def _certify_worker(args: tuple[str, Instance, float]) -> dict:
@@ -56,6 +57,7 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
     result = claim.certify(inst, tolerance)
     summary = {"status": result.status, "margin": float(result.margin) if result.margin is not None else None,
                "best_error": result.best_error, "reason": result.reason, "checked": False}
+    witness = claim.evidence == "witness"
     if result.status == "certified":
         try:
             verdict = check_certificate(result.certificate)  # independent exact re-check, never skipped
@@ -65,9 +67,13 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
         summary["checked"] = verdict.valid
         summary["instance_sha256"] = verdict.instance_sha256
         summary["established"] = dict(verdict.result.facts)
+        if witness:
+            summary["margin"] = float(verdict.margin) if verdict.valid else None
+            summary["reason"] = verdict.reason
         if not verdict.valid:
-            summary["status"] = "unknown"
-            summary["reason"] = f"certificate failed the independent check: {verdict.reason}"
+            # a failed impossibility certificate proves nothing; a failed constructive witness refutes
+            summary["status"] = "failed" if witness else "unknown"
+            summary["reason"] = f"{'witness' if witness else 'certificate'} failed the independent check: {verdict.reason}"
         summary["certificate"] = result.certificate
     return summary
 
@@ -178,6 +184,23 @@ def decide(outcome: ClaimOutcome) -> None:
             if solved:
                 outcome.reason += (f"; {len(solved)} float64 solution(s) not confirmed by the interval replay of "
                                    "the exact model")
+    elif claim.evidence == "witness":  # "can", by construction: witnesses checked exactly
+        statuses = {i: outcome.certificates.get(i, {}).get("status") for i in active}
+        failed = [i for i, s in statuses.items() if s == "failed"]
+        certified = [i for i, s in statuses.items() if s == "certified"]
+        if failed:
+            outcome.verdict = "REFUTED"
+            outcome.reason = (f"the constructive witness fails its exact check on instance(s) {failed}: "
+                              + outcome.certificates[failed[0]]["reason"][:500])
+        elif len(certified) == len(active):
+            outcome.verdict = "CERTIFIED"
+            outcome.reason = (f"all {len(active)} instances carry a constructive witness checked in exact arithmetic "
+                              f"(smallest slack to eps {min(outcome.certificates[i]['margin'] for i in active):.3g})")
+        else:
+            outcome.verdict = "UNKNOWN" if "unknown" in statuses.values() else "SURVIVED"
+            outcome.reason = (f"{len(certified)}/{len(active)} witnesses checked; the rest: "
+                              + "; ".join(f"instance {i}: {outcome.certificates.get(i, {}).get('reason', 'none')}"
+                                          for i in active if i not in certified)[:800])
     else:  # "can": refuted by a checked certificate of impossibility
         refuting = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
         if refuting:
@@ -227,6 +250,8 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
         outcome.contrasts = _run_searches(keep(claim.contrasts), outcome, active, profile, base, progress)
         outcome.comparisons = _run_searches(keep(claim.comparisons) + extra_comparisons, outcome, active, profile,
                                             base, progress)
+        if claim.study is not None:
+            outcome.study = claim.study(outcome.instances, outcome.certificates, profile, seed, log)
     except KeyboardInterrupt:
         raise
     except Exception:

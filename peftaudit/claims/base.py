@@ -34,6 +34,8 @@ class Claim:
 
     kind "cannot": a replayed adapter found by a falsifier refutes it; certificates support it.
     kind "can": a checked certificate of impossibility refutes it; found adapters support it.
+    kind "can" with evidence "witness": certify builds a constructive witness per instance; every
+    witness passing the exact check certifies the claim, a witness failing it refutes it.
     """
     id: str
     title: str
@@ -51,6 +53,8 @@ class Claim:
     expect: str = ""       # "REFUTED" for statements registered to be refuted (ablations, naive forms)
     dropped: str = ""      # for ablations: the condition of the parent claim this statement drops
     parameter_table: bool = False  # report the parameters each method needed, per instance (L2's table)
+    evidence: str = ""     # "witness": certify returns constructive witnesses (claim U)
+    study: Callable | None = None  # (instances, certificate summaries, profile, seed, log) -> report section data
 
 
 _REGISTRY: dict[str, Claim] = {}
@@ -74,7 +78,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import l1, l2, m  # noqa: F401  (built-in claims)
+    from . import l1, l2, m, u  # noqa: F401  (built-in claims)
     from importlib.metadata import entry_points
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()

@@ -4,7 +4,7 @@ The rule the folder shows: nothing here imports the encoders, the models, numpy,
 mpmath (tests/test_independence.py says so). A certificate is read with the checkers' own
 number rule and caps (reading.py), its embedded instance validated as strictly as the loader
 does (instance.py), bound to it by the SHA-256 of its canonical encoding, and then checked by
-the claim's module (l1.py for L1 and L1+, l2.py, m.py).
+the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .instance import parse_instance
 from .l1 import check_l1
 from .l2 import check_l2
 from .m import check_m
+from .u import check_u
 from .reading import MalformedCertificate, parse, read_file, shorten
 from .result import CheckResult
 
@@ -28,8 +29,9 @@ KEYS = {
     "L1+": COMMON | {"members", "delta", "data", "multipliers", "logit_shift", "pieces"},
     "L2": COMMON | {"positions", "data", "mu", "s", "r", "t", "delta"},
     "M": COMMON | {"pair", "B", "r0", "D", "t", "layers"},
+    "U": COMMON | {"prompt"},
 }
-CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m}
+CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u}
 
 __all__ = ["CERT_FORMAT", "CheckResult", "Checked", "MalformedCertificate", "check_bytes", "check_certificate",
            "check_file"]
@@ -57,6 +59,8 @@ class Checked:
 
 
 def _subject(cert: dict) -> str:
+    if cert.get("claim") == "U":
+        return "every grid cell"
     for key in ("members", "pair", "positions"):
         if isinstance(cert.get(key), list):
             return f"{key} {shorten(json.dumps(cert[key]), 80)}"
