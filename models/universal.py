@@ -230,7 +230,11 @@ def choose(d: int, m: int, lipschitz: float, eps: float, p: int) -> tuple[int, f
         if K > MAX_K:
             raise ValueError(f"eps = {eps} needs a grid finer than 1/{MAX_K} for d = {d}, m = {m}, L = {lipschitz}, "
                              f"p = {p}")
-    grid = Grid(d, m, K)
+    try:
+        grid = Grid(d, m, K)
+    except ValueError:
+        raise ValueError(f"eps = {eps} needs a grid of step 1/{K}, {K}^{V} cells for d = {d}, m = {m}: beyond the "
+                         "construction's limit of 2^20 cells") from None
     lam = eps / (4 * root)
     beta = float(math.ceil(math.log((grid.prompt_length + m - 1) / lam)))
     gamma_max = min(1 / (4 * K), (eps / 4) ** p / (V * V * (K - 1) * 2 ** p))

@@ -15,7 +15,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 CERTIFY_EXIT = {"certified": 0, "not-certified": 1, "not-applicable": 3, "unknown": 4}
 GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "m", "m-fold-mlp",
-                  "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder")
+                  "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder", "u")
 
 
 def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
@@ -122,6 +122,25 @@ def _within(seconds: float, work: Callable[[], object]) -> object:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _certify_u(inst):
+    """U's witness, reported certified only once the independent checker passes it."""
+    from dataclasses import replace
+
+    from peftaudit.verify.checkers import MalformedCertificate, check_certificate
+    from peftaudit.verify.encoders.u import certify_u
+
+    result = certify_u(inst)
+    if result.status != "certified":
+        return result
+    try:
+        checked = check_certificate(result.certificate)
+    except MalformedCertificate as exc:
+        return replace(result, status="unknown", reason=f"the checker refused the witness: {exc}", certificate=None)
+    if not checked.valid:
+        return replace(result, status="not-certified", reason=f"the witness fails its exact check: {checked.reason}")
+    return replace(result, margin=checked.margin, reason=checked.reason)
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
     from peftaudit.verify.encoders.l1 import certify
@@ -132,6 +151,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print("peftaudit certify: --norm-bound applies to --claim M only", file=sys.stderr)
         return EXIT_BAD_INPUT
     def run():
+        if args.claim == "U":
+            return _certify_u(inst)
         if args.claim == "L2":
             from peftaudit.verify.encoders.l2 import certify_l2
             return certify_l2(inst, tolerance=args.tolerance)
@@ -154,6 +175,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json()))
     else:
         print(f"{result.claim}: {result.status}")
+        if result.claim == "U":
+            if result.margin is not None:
+                print(f"  slack to eps the checker confirmed: {float(result.margin):.6g}")
+            print(f"  {result.reason}")
+            if args.out and result.certificate is not None:
+                print(f"  witness written to {args.out}")
+            return CERTIFY_EXIT[result.status]
         if result.margin is not None:
             print(f"  margin at the layer output: {float(result.margin):.6g} (tolerance {args.tolerance:g})")
         if result.best_error is not None:
@@ -219,6 +247,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "m-fold-attention": lambda: m_builders.m_fold_attention_instance(rng, args.d),
                 "m-fold-attention-strong": lambda: m_builders.m_fold_attention_instance(rng, args.d, strong=True),
                 "m-naive-encoder": lambda: m_builders.m_naive_encoder_instance(rng, args.d)}[args.kind]()
+    elif args.kind == "u":
+        from peftaudit.strategies.lipschitz import u_instance
+        try:
+            inst = u_instance(rng, args.d, args.m, args.lipschitz, args.eps, args.p, args.family)
+        except ValueError as exc:
+            print(f"peftaudit generate: --kind u: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     else:
         inst = builders.planted_lora_instance(rng, args.d, args.length)
     instance_io.save(inst, args.out)
@@ -232,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("certify", help="certify an impossibility claim on an instance (L1, L1+, L2, M)")
+    p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, M; "
+                                       "construction: U)")
     p.add_argument("instance", help="instance file (.json, .npz, .safetensors)")
-    p.add_argument("--claim", choices=["L1", "L1+", "L2", "M"], default="L1")
+    p.add_argument("--claim", choices=["L1", "L1+", "L2", "M", "U"], default="L1")
     p.add_argument("--norm-bound", type=_positive_float, default=None,
                    help="M only: the bound B on prompt tokens' 2-norms (default: the instance's "
                         "meta.prompt_norm_bound)")
@@ -261,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=_bounded(1, MAX_SIZE, "a length from 1"), default=1,
                    help="planted prompt length or LoRA rank")
     p.add_argument("--layers", type=_bounded(1, LIMITS["layers"], "a layer count from 1"), default=1, help="layers (kind m)")
+    p.add_argument("--m", type=_bounded(1, 16, "a token count from 1"), default=1, help="kind u: tokens per input")
+    p.add_argument("--lipschitz", type=_nonneg_float, default=1.0, help="kind u: Lipschitz bound L of the target")
+    p.add_argument("--eps", type=_positive_float, default=0.5, help="kind u: the d_p accuracy eps")
+    p.add_argument("--p", type=_bounded(1, 64, "an integer p from 1"), default=1, help="kind u: the p of d_p")
+    p.add_argument("--family", default="affine", help="kind u: affine, piecewise-linear, quadratic-features or "
+                                                      "table (planted)")
     p.add_argument("--out", required=True, help="instance file to write (a new file unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_generate)

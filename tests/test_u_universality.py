@@ -157,3 +157,64 @@ def test_choose_rejects_bad_parameters():
         universal.choose(2, 2, 1.0, 1e-6, 1)
     with pytest.raises(ValueError, match="power of two"):
         universal.Grid(1, 1, 3)
+
+
+def _small_claim(certify=None):
+    from dataclasses import replace
+
+    from peftaudit.claims.u import U
+
+    def draw(profile, seed):
+        rng = np.random.default_rng(seed)
+        return [u_instance(rng, 1, 1, 1.0, 0.25, 1, "affine"), u_instance(rng, 1, 1, 1.0, 0.3, 2, "table")]
+    return replace(U, id="U-small", draw=draw, **({"certify": certify} if certify else {}))
+
+
+def test_audit_certifies_u_and_reports_sizes_and_figures(tmp_path):
+    import json
+
+    import jsonschema
+
+    from peftaudit.audit.api import run_audit
+    from peftaudit.audit.report import SCHEMA_FILE
+
+    result = run_audit([_small_claim()], out=tmp_path / "r", calibration=False, progress=False, quiet=True)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    claim = report["claims"][0]
+    assert claim["verdict"] == "CERTIFIED", claim["reason"]
+    rows = claim["study"]["rows"]
+    assert [r["prompt_length"] for r in rows] == [8, 8] and all(r["dp_bound"] <= r["eps"] for r in rows)
+    assert all("search" in r and "monte_carlo" in r for r in rows)
+    assert {"figures/u_dp.png", "figures/u_sizes.png"} <= set(report["figures"])
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "counting bound" in md and "| 0 | affine | 1 | 1 | 1/8 |" in md
+    assert "universality" in (tmp_path / "r" / "report.html").read_text()
+    assert result.outcomes[0].verdict == "CERTIFIED"
+
+
+def test_audit_refutes_u_when_a_witness_fails_its_check():
+    from peftaudit.audit.api import run_audit
+
+    def tampered(inst, tolerance):
+        result = certify_u(inst, tolerance)
+        result.certificate["prompt"][0][0] += 0.5
+        return result
+    claim = _small_claim(tampered)
+    from dataclasses import replace
+    result = run_audit([replace(claim, study=None)], calibration=False, progress=False, quiet=True)
+    outcome = result.outcomes[0]
+    assert outcome.verdict == "REFUTED" and "fails its exact check" in outcome.reason
+
+
+def test_cli_generates_certifies_and_checks_a_u_witness(tmp_path):
+    from peftaudit.cli import main
+
+    inst, cert = tmp_path / "u.json", tmp_path / "w.json"
+    assert main(["generate", "--kind", "u", "--d", "1", "--m", "2", "--eps", "0.8", "--family", "affine",
+                 "--out", str(inst)]) == 0
+    assert main(["certify", str(inst), "--claim", "U", "--out", str(cert)]) == 0
+    assert main(["check-certificate", str(cert), "--instance", str(inst)]) == 0
+    assert main(["generate", "--kind", "u", "--d", "2", "--m", "2", "--eps", "0.001", "--out",
+                 str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
