@@ -58,7 +58,7 @@ class AuditFailure(Exception):
 
 
 class AuditItem(pytest.Item):
-    def __init__(self, *, claim_id: str, method: str, **kwargs):
+    def __init__(self, *, claim_id: str, method: str | None, **kwargs):
         super().__init__(**kwargs)
         self.claim_id = claim_id
         self.method = method
@@ -69,7 +69,8 @@ class AuditItem(pytest.Item):
 
         cfg = self.config
         result = run_audit([get_claim(self.claim_id)], profile=cfg.getoption("peftaudit_profile"),
-                           seed=cfg.getoption("peftaudit_seed"), methods=[self.method], calibration=False,
+                           seed=cfg.getoption("peftaudit_seed"), methods=[self.method] if self.method else None,
+                           calibration=False,
                            progress=False, quiet=True, cards=False)
         claim = result.report["claims"][0]
         for label, trace in claim.get("method_errors", {}).items():
@@ -99,7 +100,7 @@ class AuditItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return "peftaudit", None, f"claim {self.claim_id} with {self.method}"
+        return "peftaudit", None, f"claim {self.claim_id} with {self.method or 'its construction'}"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
@@ -132,6 +133,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     extra = [m.strip() for m in extra.split(",") if m.strip()] if extra else []
     for claim in claims:
         cid = claim.id
+        if claim.evidence == "witness":  # decided by its constructions: one item, no method searches
+            items.append(AuditItem.from_parent(session, name=f"peftaudit[{cid}-construction]", claim_id=cid,
+                                               method=None))
+            continue
         methods = list(extra)
         for run in () if extra else claim.falsifiers + claim.contrasts + claim.comparisons:
             if run.method not in methods:

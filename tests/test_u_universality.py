@@ -218,3 +218,9 @@ def test_cli_generates_certifies_and_checks_a_u_witness(tmp_path):
     assert main(["generate", "--kind", "u", "--d", "2", "--m", "2", "--eps", "0.001", "--out",
                  str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_pytest_plugin_collects_one_construction_item_for_u(pytester):
+    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "U", "--collect-only", "-q",
+                                           "-p", "no:cacheprovider")
+    assert "peftaudit[U-construction]" in result.stdout.str()

@@ -110,6 +110,8 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[
     from peftaudit.models.methods import get_method
     from peftaudit.models.methods.base import one_size
 
+    if claim.evidence == "witness":  # decided by its constructions; its study runs its own search
+        return (), ()
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
     prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
     falsifiers, comparisons = [], []

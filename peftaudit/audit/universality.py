@@ -56,8 +56,8 @@ def universality_figures(report: dict, plt, to_png) -> dict[str, bytes]:
         return {}
     out = {}
     xs = list(range(len(rows)))
-    labels = [f"{r['instance']}: {r['family']}\nd={r['d']} m={r['m']} 1/{r['K']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows)), 3.4))
+    labels = [f"{r['instance']} {r['family'][:9]}\nd{r['d']} m{r['m']} 1/{r['K']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 3.6))
     ax.scatter(xs, [r["eps"] for r in rows], marker="_", s=400, color="black", label="eps (target)")
     bounded = [(x, r["dp_bound"]) for x, r in zip(xs, rows) if r["dp_bound"] is not None]
     ax.scatter([x for x, _ in bounded], [b for _, b in bounded], marker="v", color="#c44", label="d_p bound (checked)")
@@ -73,7 +73,7 @@ def universality_figures(report: dict, plt, to_png) -> dict[str, bytes]:
     ax.set_xticklabels(labels, fontsize=6)
     ax.set_ylabel("d_p(g([P, .]), f)")
     ax.set_title("U: is the constructed prompt within eps? (per instance)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     out["u_dp.png"] = to_png(fig)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.5, 3.4))

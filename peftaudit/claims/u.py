@@ -63,9 +63,12 @@ def monte_carlo(inst, prompt: np.ndarray, samples: int, seed: int) -> dict:
     u, grid = inst.meta["u"], grid_of(inst)
     p = int(u["p"])
     X = np.random.default_rng([seed, 22]).random((samples, grid.m, grid.d))               # (S,m,d)
+    params, P = to_torch(inst.weights), torch.as_tensor(prompt)[None]                   # P: (1,m_p,D)
+    chunk = max(1, 2 ** 22 // (prompt.shape[0] + grid.m) ** 2)  # attention maps of about 32 MB per chunk
     with torch.no_grad():
-        out = forward(inst.spec, to_torch(inst.weights), torch.as_tensor(universal.embed(grid, X))[None],
-                      prompt=torch.as_tensor(prompt)[None])[0, ..., : grid.d].numpy()   # (S,m,d)
+        out = np.concatenate([forward(inst.spec, params, torch.as_tensor(universal.embed(grid, X[i:i + chunk]))[None],
+                                      prompt=P, keep=grid.m)[0, ..., : grid.d].numpy()  # (chunk,m,d)
+                              for i in range(0, samples, chunk)])                        # (S,m,d)
     if u["target"]["family"] == "table":
         f = table_of(inst, grid)[universal.cell_of(grid, X)]                             # (S,m,d)
     else:
