@@ -189,7 +189,7 @@ def test_audit_certifies_u_and_reports_sizes_and_figures(tmp_path):
     assert {"figures/u_dp.png", "figures/u_sizes.png"} <= set(report["figures"])
     md = (tmp_path / "r" / "report.md").read_text()
     assert "counting bound" in md and "| 0 | affine | 1 | 1 | 1/8 |" in md
-    assert "universality" in (tmp_path / "r" / "report.html").read_text()
+    assert "counting bound" in (tmp_path / "r" / "report.html").read_text()
     assert result.outcomes[0].verdict == "CERTIFIED"
 
 

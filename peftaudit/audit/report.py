@@ -241,9 +241,8 @@ def markdown(report: dict) -> str:
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
-        if (c.get("study") or {}).get("kind") == "universality":
-            from .universality import universality_markdown
-            lines += universality_markdown(c["study"])
+        if c.get("study"):
+            lines += study_markdown(c["study"])
         for ce in c["counterexamples"]:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
         for label, trace in c.get("method_errors", {}).items():
@@ -253,6 +252,29 @@ def markdown(report: dict) -> str:
             lines.append(f"- vacuous instance: {why}")
     lines += card_summaries(report)
     return "\n".join(lines) + "\n"
+
+
+def study_table(study: dict) -> tuple[str, tuple[str, ...], list[list[str]], str] | None:
+    """(caption, headers, rows, note) of a claim's own section (U: sizes and d_p; Z1: ranks)."""
+    from .rank_table import NOTE as RANK_NOTE, rank_table
+    from .universality import NOTE as U_NOTE, universality_table
+    if study.get("kind") == "universality":
+        return ("The construction per instance: its sizes against the counting bound, and d_p against eps (bound "
+                "checked in exact arithmetic; Monte Carlo on the float64 softmax model):",
+                *universality_table(study), U_NOTE)
+    if study.get("kind") == "rank-threshold":
+        return ("The rank each side needs, per instance:", *rank_table(study), RANK_NOTE)
+    return None
+
+
+def study_markdown(study: dict) -> list[str]:
+    table = study_table(study)
+    if table is None:
+        return []
+    caption, headers, rows, note = table
+    lines = ["", caption, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + ["", note, ""]
 
 
 def card_summaries(report: dict) -> list[str]:
@@ -278,8 +300,7 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
-    from .universality import NOTE, universality_table
-    env.globals.update(universality_table=universality_table, universality_note=NOTE)
+    env.globals.update(study_table=study_table)
     return env.get_template("report.html.j2").render(report=report, images=images)
 
 

@@ -254,6 +254,7 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
                                             base, progress)
         if claim.study is not None:
             outcome.study = claim.study(outcome.instances, outcome.certificates, profile, seed, log)
+            outcome.violations.extend(outcome.study.get("violations", []))
     except KeyboardInterrupt:
         raise
     except Exception:

@@ -38,15 +38,6 @@ def universality_table(study: dict) -> tuple[tuple[str, ...], list[list[str]]]:
     return HEADERS, rows
 
 
-def universality_markdown(study: dict) -> list[str]:
-    headers, rows = universality_table(study)
-    lines = ["", "The construction per instance: its sizes against the counting bound, and d_p against eps "
-                 "(bound checked in exact arithmetic; Monte Carlo on the float64 softmax model):", "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + ["", NOTE, ""]
-
-
 def universality_figures(report: dict, plt, to_png) -> dict[str, bytes]:
     """u_dp.png: per instance, eps beside the checked d_p bound and the Monte Carlo estimate;
     u_sizes.png: prompt length of the construction against the counting bound, per instance."""

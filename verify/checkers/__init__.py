@@ -4,7 +4,7 @@ The rule the folder shows: nothing here imports the encoders, the models, numpy,
 mpmath (tests/test_independence.py says so). A certificate is read with the checkers' own
 number rule and caps (reading.py), its embedded instance validated as strictly as the loader
 does (instance.py), bound to it by the SHA-256 of its canonical encoding, and then checked by
-the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py).
+the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py, z1.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .l1 import check_l1
 from .l2 import check_l2
 from .m import check_m
 from .u import check_u
+from .z1 import check_z1, parse_linear
 from .reading import MalformedCertificate, parse, read_file, shorten
 from .result import CheckResult
 
@@ -30,8 +31,10 @@ KEYS = {
     "L2": COMMON | {"positions", "data", "mu", "s", "r", "t", "delta"},
     "M": COMMON | {"pair", "B", "r0", "D", "t", "layers"},
     "U": COMMON | {"prompt"},
+    "Z1": COMMON | {"rank", "Q", "s2", "lower", "below", "at"},
 }
-CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u}
+CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u, "Z1": check_z1}
+PARSERS = {"Z1": parse_linear}  # claims whose instances are not transformers
 
 __all__ = ["CERT_FORMAT", "CheckResult", "Checked", "MalformedCertificate", "check_bytes", "check_certificate",
            "check_file"]
@@ -61,6 +64,8 @@ class Checked:
 def _subject(cert: dict) -> str:
     if cert.get("claim") == "U":
         return "every grid cell"
+    if cert.get("claim") == "Z1":
+        return f"rank {cert.get('rank')} against the threshold"
     for key in ("members", "pair", "positions"):
         if isinstance(cert.get(key), list):
             return f"{key} {shorten(json.dumps(cert[key]), 80)}"
@@ -81,7 +86,7 @@ def check_bytes(data: bytes) -> Checked:
                                    "(informative extras belong under 'uncertified')")
     if "instance" not in cert:
         raise MalformedCertificate("instance: missing")
-    inst = parse_instance(cert["instance"])
+    inst = PARSERS.get(claim, parse_instance)(cert["instance"])
     stated = cert.get("instance_sha256")
     if stated != inst.digest:
         raise MalformedCertificate(f"instance_sha256: {shorten(repr(stated))} is not the digest of the embedded "

@@ -1,0 +1,109 @@
+"""Claim Z1: exact rank-threshold certificates for deep linear networks, the construction, and the
+search that must never beat a certified bound."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from peftaudit.linear_instance import LinearInstance, digest, to_dict
+from peftaudit.models.linear import adapted_error, construction, search
+from peftaudit.strategies.z1_instances import z1_instance
+from peftaudit.verify.checkers import MalformedCertificate, check_certificate
+from peftaudit.verify.encoders.z1 import certify_z1
+
+
+@pytest.fixture(scope="module")
+def certified():
+    inst = z1_instance(np.random.default_rng(2), 6, 2, 5)
+    result = certify_z1(inst)
+    assert result.status == "certified", result.reason
+    return inst, result.certificate
+
+
+@pytest.mark.parametrize("D,L,rank_e", [(4, 2, 3), (6, 3, 6), (8, 2, 6), (5, 2, 1)])
+def test_certificates_check_and_the_construction_attains_the_bound(D, L, rank_e):
+    inst = z1_instance(np.random.default_rng(D * L + rank_e), D, L, rank_e)
+    result = certify_z1(inst)
+    checked = check_certificate(result.certificate)
+    assert checked.valid, checked.reason
+    facts = checked.result.facts
+    threshold = -(-rank_e // L)
+    assert facts["threshold"] == threshold
+    sigma = np.linalg.svd(inst.target - np.linalg.multi_dot(inst.layers[::-1]) if L > 1 else inst.target - inst.layers[0],
+                          compute_uv=False)
+    assert facts["lower"] <= sigma[(threshold - 1) * L] <= facts["lower"] * (1 + 1e-5)
+    if threshold > 1:
+        assert facts["lower"] <= facts["upper_below"] <= facts["lower"] * (1 + 1e-5)
+    assert facts["upper_at"] <= 1e-12
+
+
+def test_search_never_beats_the_certified_bound(certified):
+    inst, cert = certified
+    lower = check_certificate(cert).result.facts["lower"]
+    R0 = cert["rank"]
+    for seed in range(3):
+        err, factors = search(list(inst.layers), inst.target, R0, restarts=4, steps=40, seed=seed)
+        exact_err = np.linalg.norm(adapted_error(list(inst.layers), inst.target, factors), 2)
+        assert exact_err >= lower * (1 - 1e-12) and err >= lower * (1 - 1e-12)
+
+
+def test_a_conflict_is_detected_and_proved_exactly():
+    from peftaudit.claims.z1 import _conflict
+    inst = z1_instance(np.random.default_rng(0), 4, 2, 3)
+    factors, _ = construction(list(inst.layers), inst.target, 1)
+    err = np.linalg.norm(adapted_error(list(inst.layers), inst.target, factors), 2)
+    assert _conflict(inst, factors, err * 1.01)       # a (false) bound above a reached error: conflict
+    assert not _conflict(inst, factors, err * 0.99)
+
+
+@pytest.mark.parametrize("field,change", [
+    ("lower", lambda c: c["lower"] * 1.01),           # a bound above sigma_k(E)
+    ("s2", lambda c: "10/1"),
+    ("rank", lambda c: c["rank"] + 1),                # Q then has the wrong shape: malformed
+])
+def test_tampered_bounds_fail(certified, field, change):
+    _, cert = certified
+    bad = copy.deepcopy(cert)
+    bad[field] = change(cert)
+    if field == "lower":
+        bad["margin"] = bad["lower"]
+    try:
+        assert not check_certificate(bad).valid
+    except MalformedCertificate:
+        assert field == "rank"
+
+
+def test_tampered_construction_fails(certified):
+    _, cert = certified
+    bad = copy.deepcopy(cert)
+    bad["at"]["B"][0][0][0] += 1e-3
+    checked = check_certificate(bad)
+    assert not checked.valid and "not proved" in checked.reason
+
+
+def test_a_certificate_bound_to_another_instance_is_refused(certified):
+    inst, cert = certified
+    other = LinearInstance(inst.layers, inst.target * 1.5, inst.meta)
+    with pytest.raises(MalformedCertificate, match="digest"):
+        check_certificate(dict(cert, instance=to_dict(other)))
+    assert digest(other) != digest(inst)
+
+
+def test_singular_planted_instances_are_never_certified():
+    inst = z1_instance(np.random.default_rng(1), 6, 2, 5, singular=True)
+    result = certify_z1(inst)
+    assert result.status == "not-applicable" and result.certificate is None
+    assert construction(list(inst.layers), inst.target, 3)[1] == np.inf
+
+
+def test_linear_digest_matches_the_checker():
+    from peftaudit.verify.checkers.reading import parse
+    from peftaudit.verify.checkers.z1 import parse_linear
+    import json
+    for seed in range(3):
+        inst = z1_instance(np.random.default_rng(seed), 4, 2, 3)
+        doc = parse(json.dumps(to_dict(inst)).encode())
+        assert parse_linear(doc).digest == digest(inst)
