@@ -590,6 +590,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{c['id']:<{width}} {c['verdict']:<10} {note}{c['reason'][:110]}")
         for ce in c["counterexamples"][:3]:
             print(f"{'':<{width}} replay: {ce['replay']}")
+        for w in c.get("witnesses", [])[:3] if c["kind"] == "cannot" else []:
+            print(f"{'':<{width}} check: {w['check']}")
     for name, cal in result.report["calibration"].items():
         print(f"calibration {name}: recall {cal['recall']:.1%} ({cal['solved']}/{cal['total']})")
     for c in result.report["claims"]:

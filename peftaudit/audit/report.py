@@ -186,7 +186,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for c in report["claims"]:
         certified = [x for x in c["certificates"] if x["status"] == "certified"]
-        smallest = min((x["margin"] for x in certified), default=None)
+        smallest = min((x["margin"] for x in certified if x["margin"] is not None), default=None)
         contrast = ", ".join(f"{k}: {v['solved']}/{v['total']}" for k, v in c["contrasts"].items()) or "-"
         lines.append(f"| {c['id']} | **{c['verdict']}** | {c['instances']} | {c['vacuous']} | {len(certified)} | "
                      f"{'-' if smallest is None else f'{smallest:.3g}'} | {contrast} |")
@@ -245,6 +245,9 @@ def markdown(report: dict) -> str:
             lines += study_markdown(c["study"])
         for ce in c["counterexamples"]:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
+        if c["kind"] == "cannot":
+            for w in c.get("witnesses", []):
+                lines.append(f"- counterexample witness on instance {w['instance']}, checked exactly: `{w['check']}`")
         for label, trace in c.get("method_errors", {}).items():
             last = trace.strip().splitlines()[-1] if trace.strip() else ""
             lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
@@ -264,6 +267,10 @@ def study_table(study: dict) -> tuple[str, tuple[str, ...], list[list[str]], str
                 *universality_table(study), U_NOTE)
     if study.get("kind") == "rank-threshold":
         return ("The rank each side needs, per instance:", *rank_table(study), RANK_NOTE)
+    if study.get("kind") == "prefix-identity":
+        from .prefix_table import NOTE as PREFIX_NOTE, prefix_table
+        return ("Per layer and head: the identity in float64, the prefix mass and the output's move:",
+                *prefix_table(study), PREFIX_NOTE)
     return None
 
 
@@ -320,6 +327,10 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
                 if "certificate" in summary:
                     (tmp / "certificates").mkdir(exist_ok=True)
                     (tmp / "certificates" / f"{o.claim.id}-{i}.json").write_text(json.dumps(summary["certificate"]))
+                    if o.claim.evidence == "witness" and summary["status"] == "certified":
+                        c.setdefault("witnesses", []).append({
+                            "instance": i, "certificate_file": f"certificates/{o.claim.id}-{i}.json",
+                            "check": f"peftaudit check-certificate {out_dir}/certificates/{o.claim.id}-{i}.json"})
             if o.claim.kind == "cannot":
                 for attempts in o.searches.values():
                     for a in attempts:

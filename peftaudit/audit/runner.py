@@ -162,6 +162,16 @@ def decide(outcome: ClaimOutcome) -> None:
     if not active:
         outcome.verdict, outcome.reason = "VACUOUS", "no drawn instance met the claim's hypotheses"
         return
+    if claim.kind == "cannot" and claim.evidence == "witness":  # refuted by a counterexample checked exactly
+        passed = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
+        if passed:
+            outcome.verdict = "REFUTED"
+            outcome.reason = (f"counterexample witness(es) checked in exact arithmetic on instance(s) {passed}: "
+                              + outcome.certificates[passed[0]]["reason"][:400])
+        else:
+            outcome.verdict = "SURVIVED"
+            outcome.reason = "no counterexample witness passed its exact check (which proves nothing)"
+        return
     if claim.kind == "cannot":
         if found:
             a = found[0]
@@ -173,10 +183,11 @@ def decide(outcome: ClaimOutcome) -> None:
         statuses = [outcome.certificates.get(i, {}).get("status") for i in active]
         certified = sum(s == "certified" for s in statuses)
         if claim.certify is not None and certified == len(active):
-            margins = [outcome.certificates[i]["margin"] for i in active]
+            margins = [outcome.certificates[i]["margin"] for i in active if outcome.certificates[i]["margin"]]
             outcome.verdict = "CERTIFIED"
-            outcome.reason = (f"all {len(active)} instances carry certificates checked in exact arithmetic "
-                              f"(smallest margin {min(margins):.3g}); no search result falls below a margin")
+            outcome.reason = (f"all {len(active)} instances carry certificates checked in exact arithmetic"
+                              + (f" (smallest margin {min(margins):.3g}); no search result falls below a margin"
+                                 if margins else ""))
         elif "unknown" in statuses and certified + statuses.count("unknown") == len(active):
             outcome.verdict, outcome.reason = "UNKNOWN", "some certificates were inconclusive; search found nothing"
         else:

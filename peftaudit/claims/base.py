@@ -78,7 +78,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import l1, l2, m, u, z1  # noqa: F401  (built-in claims)
+    from . import l1, l2, m, p1, u, z1  # noqa: F401  (built-in claims)
     from importlib.metadata import entry_points
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()

@@ -4,7 +4,7 @@ The rule the folder shows: nothing here imports the encoders, the models, numpy,
 mpmath (tests/test_independence.py says so). A certificate is read with the checkers' own
 number rule and caps (reading.py), its embedded instance validated as strictly as the loader
 does (instance.py), bound to it by the SHA-256 of its canonical encoding, and then checked by
-the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py, z1.py).
+the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py, z1.py, p1.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .instance import parse_instance
 from .l1 import check_l1
 from .l2 import check_l2
 from .m import check_m
+from .p1 import check_p1, check_p1_encoder
 from .u import check_u
 from .z1 import check_z1, parse_linear
 from .reading import MalformedCertificate, parse, read_file, shorten
@@ -32,8 +33,11 @@ KEYS = {
     "M": COMMON | {"pair", "B", "r0", "D", "t", "layers"},
     "U": COMMON | {"prompt"},
     "Z1": COMMON | {"rank", "Q", "s2", "lower", "below", "at"},
+    "P1": COMMON | {"method", "prefix_length"},
+    "P1-encoder": COMMON | {"prompt", "inputs"},
 }
-CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u, "Z1": check_z1}
+CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u, "Z1": check_z1,
+            "P1": check_p1, "P1-encoder": check_p1_encoder}
 PARSERS = {"Z1": parse_linear}  # claims whose instances are not transformers
 
 __all__ = ["CERT_FORMAT", "CheckResult", "Checked", "MalformedCertificate", "check_bytes", "check_certificate",
@@ -64,6 +68,10 @@ class Checked:
 def _subject(cert: dict) -> str:
     if cert.get("claim") == "U":
         return "every grid cell"
+    if cert.get("claim") == "P1":
+        return f"{cert.get('method')} with {cert.get('prefix_length')} prefix positions"
+    if cert.get("claim") == "P1-encoder":
+        return f"inputs {cert.get('inputs')}"
     if cert.get("claim") == "Z1":
         return f"rank {cert.get('rank')} against the threshold"
     for key in ("members", "pair", "positions"):
