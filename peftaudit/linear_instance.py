@@ -54,3 +54,44 @@ def to_dict(inst: LinearInstance) -> dict:
 def digest(inst: LinearInstance) -> str:
     text = json.dumps(to_dict(inst), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+RELU_FORMAT = "peftaudit.relu/1"
+
+
+@dataclass(frozen=True)
+class ReluInstance:
+    """A frozen ReLU network (ReLU after every layer but the last) [(W_l, b_l)], a target network of
+    the same width and smaller depth [(W_bar_g, b_bar_g)], and the input domain [-bound, bound]^D."""
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    target: tuple[tuple[np.ndarray, np.ndarray], ...]
+    bound: float
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        D = self.layers[0][0].shape[0]
+        for W, b in (*self.layers, *self.target):
+            if W.shape != (D, D) or b.shape != (D,) or not (np.isfinite(W).all() and np.isfinite(b).all()):
+                raise ValueError("ReluInstance: expected finite D x D weights and D biases throughout")
+        if not (self.bound > 0 and np.isfinite(self.bound)):
+            raise ValueError("ReluInstance: bound must be a positive number")
+
+    @property
+    def spec(self) -> LinearShape:
+        return LinearShape(self.layers[0][0].shape[0])
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+
+def relu_to_dict(inst: ReluInstance) -> dict:
+    zero = lambda a: (np.asarray(a, dtype=np.float64) + 0.0).tolist()  # noqa: E731
+    return {"format": RELU_FORMAT, "layers": [{"W": zero(W), "b": zero(b)} for W, b in inst.layers],
+            "target": [{"W": zero(W), "b": zero(b)} for W, b in inst.target], "bound": float(inst.bound),
+            "meta": dict(inst.meta)}
+
+
+def relu_digest(inst: ReluInstance) -> str:
+    text = json.dumps(relu_to_dict(inst), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

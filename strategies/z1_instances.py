@@ -29,3 +29,13 @@ def z1_instance(rng: np.random.Generator, D: int, L: int, rank_e: int, *, singul
     family = "z1-singular" if singular else "z1-generic"
     return LinearInstance(tuple(layers), product(layers) + E,
                           {"family": family, "rank_e": rank_e, "threshold": -(-rank_e // L)})
+
+
+def relu_instance(rng: np.random.Generator, D: int, L: int, L_target: int, bound: float = 1.0):
+    """A frozen ReLU network of depth L (well-conditioned weights, small biases) and a random target of
+    depth L_target (weights of scale 1/sqrt(D)), on the domain [-bound, bound]^D."""
+    from peftaudit.linear_instance import ReluInstance
+    layers = tuple((_well_conditioned(rng, D), 0.1 * rng.standard_normal(D)) for _ in range(L))
+    target = tuple((rng.standard_normal((D, D)) / np.sqrt(D), 0.3 * rng.standard_normal(D)) for _ in range(L_target))
+    return ReluInstance(layers, target, bound, {"family": f"z1-relu-{L}-over-{L_target}",
+                                                "rank_needed": -(-D * L_target // L)})

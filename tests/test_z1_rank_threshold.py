@@ -107,3 +107,60 @@ def test_linear_digest_matches_the_checker():
         inst = z1_instance(np.random.default_rng(seed), 4, 2, 3)
         doc = parse(json.dumps(to_dict(inst)).encode())
         assert parse_linear(doc).digest == digest(inst)
+
+
+# ----------------------------------------------------------------------------- the ReLU form
+
+@pytest.fixture(scope="module")
+def relu():
+    from peftaudit.strategies.z1_instances import relu_instance
+    from peftaudit.verify.encoders.z1_relu import certify_z1_relu, certify_z1_relu_unbounded
+    inst = relu_instance(np.random.default_rng(7), 4, 4, 2)
+    return inst, certify_z1_relu(inst).certificate, certify_z1_relu_unbounded(inst).certificate
+
+
+def test_relu_witness_is_proved_within_epsilon_on_the_whole_domain(relu):
+    inst, cert, _ = relu
+    checked = check_certificate(cert)
+    assert checked.valid, checked.reason
+    facts = checked.result.facts
+    assert facts["rank"] == facts["rank_needed"] == 2 and facts["sup_error"] < 1e-12
+    from peftaudit.models.relu_lora import adapted, evaluate
+    factors = [(np.array(B), np.array(A)) for B, A in zip(cert["B"], cert["A"])]
+    X = np.random.default_rng(0).uniform(-1, 1, (2000, 4))
+    sampled = np.abs(evaluate(adapted(list(inst.layers), factors, [np.array(b) for b in cert["biases"]]), X)
+                     - evaluate(list(inst.target), X)).max()
+    assert sampled <= facts["sup_error"]
+
+
+def test_tampered_relu_witnesses_fail(relu):
+    _, cert, _ = relu
+    low_bias = copy.deepcopy(cert)
+    low_bias["biases"][0] = [b - 50.0 for b in low_bias["biases"][0]]   # an inner ReLU is no longer the identity
+    checked = check_certificate(low_bias)
+    assert not checked.valid and "pre-activation" in checked.reason
+    moved = copy.deepcopy(cert)
+    moved["A"][1][0][0] += 1e-3
+    checked = check_certificate(moved)
+    assert not checked.valid and "exceeds epsilon" in checked.reason
+
+
+def test_relu_unbounded_witness_and_a_point_inside_the_domain(relu):
+    _, _, cert = relu
+    checked = check_certificate(cert)
+    assert checked.valid and checked.result.facts["outside"]
+    inside = dict(cert, point=[0.5, -0.5, 0.25, 0.0])
+    assert not check_certificate(inside).valid
+
+
+def test_relu_depths_that_do_not_divide_are_not_applicable():
+    from peftaudit.strategies.z1_instances import relu_instance
+    from peftaudit.verify.encoders.z1_relu import certify_z1_relu
+    inst = relu_instance(np.random.default_rng(1), 4, 3, 2)
+    assert certify_z1_relu(inst).status == "not-applicable"
+
+
+def test_audit_z1_group_verdicts():
+    from peftaudit.audit.api import run_audit
+    verdicts = run_audit(["Z1"], calibration=False, progress=False, quiet=True).verdicts
+    assert verdicts == {"Z1": "CERTIFIED", "Z1-relu": "CERTIFIED", "Z1-relu-unbounded": "REFUTED"}

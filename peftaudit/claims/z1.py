@@ -105,3 +105,71 @@ Z1 = register_claim(Claim(
     evidence="",
     study=_study,
 ))
+
+
+RELU_CONFIGS = ((4, 4, 2), (4, 2, 1), (3, 3, 1), (6, 4, 2), (5, 2, 1), (4, 6, 3))   # (D, L, L_target)
+
+
+def _draw_relu(profile: Profile, seed: int):
+    from peftaudit.strategies.z1_instances import relu_instance
+    rng = np.random.default_rng([seed, 27])
+    return [relu_instance(rng, *RELU_CONFIGS[i % len(RELU_CONFIGS)]) for i in range(max(profile.instances, 4))]
+
+
+def _relu_hypotheses(inst):
+    from peftaudit.verify.encoders.z1_relu import hypotheses
+    return hypotheses(inst)
+
+
+def _certify_relu(inst, tolerance: float):
+    from peftaudit.verify.encoders.z1_relu import certify_z1_relu
+    return certify_z1_relu(inst, tolerance)
+
+
+def _certify_relu_unbounded(inst, tolerance: float):
+    from peftaudit.verify.encoders.z1_relu import certify_z1_relu_unbounded
+    return certify_z1_relu_unbounded(inst, tolerance)
+
+
+Z1_RELU = register_claim(Claim(
+    id="Z1-relu",
+    title="ReLU networks: LoRA of rank ceil(D L_bar / L) with tuned biases represents a depth-L_bar target on a "
+          "bounded domain",
+    source=SOURCE.replace("(linear networks)", "(ReLU networks)"),
+    formalization=(
+        "A frozen ReLU network of width D and depth L, a target of depth L_bar dividing L, inputs in [-B, B]^D. "
+        "Zeng and Lee's construction (groups of L / L_bar layers whose adapted matrices multiply to the target's, "
+        "inner biases raised so those ReLUs are the identity on the domain) is a witness: the checker proves, in "
+        "exact arithmetic (exact affine ranges on boxes), that every inner ReLU is the identity on the domain and "
+        "that sup |f_adapted - f_bar| <= 1e-9 there (binary64 factors cannot make it exactly 0; the bound found "
+        "is about 1e-14)."),
+    kind="can",
+    draw=_draw_relu,
+    hypotheses=_relu_hypotheses,
+    falsifiers=(),
+    certify=_certify_relu,
+    refuted_by="a constructive witness that fails its exact check",
+    group="Z1",
+    evidence="witness",
+))
+
+Z1_RELU_UNBOUNDED = register_claim(Claim(
+    id="Z1-relu-unbounded",
+    title="Without the bounded domain: the construction's LoRA matches the target on all of R^D",
+    source=SOURCE.replace("(linear networks)", "(ReLU networks)"),
+    formalization=(
+        "Z1-relu's statement with the bounded input domain dropped, for the construction's adapter. Outside the "
+        "domain an inner pre-activation turns negative and the network leaves the target: a point (found along "
+        "random directions at 2x to 64x the bound) where the two networks differ by more than a margin, evaluated "
+        "exactly in rationals, refutes it. (This refutes the construction on R^D, not every conceivable adapter.)"),
+    kind="cannot",
+    draw=_draw_relu,
+    hypotheses=_relu_hypotheses,
+    falsifiers=(),
+    certify=_certify_relu_unbounded,
+    refuted_by="a point where the adapted network and the target differ, evaluated exactly",
+    group="Z1",
+    expect="REFUTED",
+    dropped="the bounded input domain",
+    evidence="witness",
+))

@@ -4,7 +4,7 @@ The rule the folder shows: nothing here imports the encoders, the models, numpy,
 mpmath (tests/test_independence.py says so). A certificate is read with the checkers' own
 number rule and caps (reading.py), its embedded instance validated as strictly as the loader
 does (instance.py), bound to it by the SHA-256 of its canonical encoding, and then checked by
-the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py, z1.py, p1.py).
+the claim's module (l1.py for L1 and L1+, l2.py, m.py, u.py, z1.py, z1_relu.py, p1.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .m import check_m
 from .p1 import check_p1, check_p1_encoder
 from .u import check_u
 from .z1 import check_z1, parse_linear
+from .z1_relu import check_z1_relu, check_z1_relu_unbounded, parse_relu
 from .reading import MalformedCertificate, parse, read_file, shorten
 from .result import CheckResult
 
@@ -35,10 +36,13 @@ KEYS = {
     "Z1": COMMON | {"rank", "Q", "s2", "lower", "below", "at"},
     "P1": COMMON | {"method", "prefix_length"},
     "P1-encoder": COMMON | {"prompt", "inputs"},
+    "Z1-relu": COMMON | {"rank", "B", "A", "biases", "epsilon"},
+    "Z1-relu-unbounded": COMMON | {"rank", "B", "A", "biases", "point"},
 }
 CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u, "Z1": check_z1,
-            "P1": check_p1, "P1-encoder": check_p1_encoder}
-PARSERS = {"Z1": parse_linear}  # claims whose instances are not transformers
+            "P1": check_p1, "P1-encoder": check_p1_encoder, "Z1-relu": check_z1_relu,
+            "Z1-relu-unbounded": check_z1_relu_unbounded}
+PARSERS = {"Z1": parse_linear, "Z1-relu": parse_relu, "Z1-relu-unbounded": parse_relu}  # not transformers
 
 __all__ = ["CERT_FORMAT", "CheckResult", "Checked", "MalformedCertificate", "check_bytes", "check_certificate",
            "check_file"]
@@ -72,6 +76,8 @@ def _subject(cert: dict) -> str:
         return f"{cert.get('method')} with {cert.get('prefix_length')} prefix positions"
     if cert.get("claim") == "P1-encoder":
         return f"inputs {cert.get('inputs')}"
+    if cert.get("claim", "").startswith("Z1-relu"):
+        return f"rank {cert.get('rank')} with tuned biases"
     if cert.get("claim") == "Z1":
         return f"rank {cert.get('rank')} against the threshold"
     for key in ("members", "pair", "positions"):
