@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from peftaudit.claims.p1 import _instance
@@ -30,6 +30,7 @@ def test_the_identity_expands_to_zero_and_a_wrong_one_does_not():
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), layers=st.integers(1, 3), heads=st.integers(1, 2), length=st.integers(1, 3),
        method=st.sampled_from(["prompt", "prefix", "prefix-kv"]), mask=st.sampled_from(["encoder", "causal"]))
+@example(seed=1, layers=3, heads=1, length=3, method="prefix-kv", mask="encoder")  # a mass of 1 + ulp
 def test_identity_holds_in_float64_at_every_layer_and_head(seed, layers, heads, length, method, mask):
     from peftaudit.models.spec import simple_spec
     rng = np.random.default_rng(seed)
@@ -41,7 +42,8 @@ def test_identity_holds_in_float64_at_every_layer_and_head(seed, layers, heads, 
     assert len(rows) == layers * heads
     for r in rows:
         assert r["weight_residual"] < 1e-12 and r["output_residual"] < 1e-12
-        assert 0 <= r["prefix_mass_mean"] <= r["prefix_mass_max"] <= 1  # may underflow to 0 at large logits
+        # a sum of softmax weights: may underflow to 0 at large logits, or round to 1 + ulp
+        assert 0 <= r["prefix_mass_mean"] <= r["prefix_mass_max"] <= 1 + 1e-12
 
 
 @pytest.mark.parametrize("method,mask", [("prefix-kv", "encoder"), ("prefix", "encoder"), ("prompt", "causal")])

@@ -7,6 +7,8 @@ import copy
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from peftaudit.instance import digest, from_dict, make_instance, to_dict
@@ -224,3 +226,25 @@ def test_pytest_plugin_collects_one_construction_item_for_u(pytester):
     result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "U", "--collect-only", "-q",
                                            "-p", "no:cacheprovider")
     assert "peftaudit[U-construction]" in result.stdout.str()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), shape=st.sampled_from([(1, 1), (1, 2), (2, 1)]),
+       family=st.sampled_from(["affine", "piecewise-linear", "quadratic-features", "table"]),
+       p=st.integers(1, 2), lipschitz=st.sampled_from([0.25, 0.5, 1.0]))
+def test_every_drawn_u_witness_passes_and_its_bound_is_below_eps(seed, shape, family, p, lipschitz):
+    d, m = shape
+    eps = 0.9 if d * m > 1 else 0.4
+    inst = u_instance(np.random.default_rng(seed), d, m, lipschitz, eps, p, family)
+    checked = check_certificate(certify_u(inst).certificate)
+    assert checked.valid, checked.reason
+    assert checked.result.facts["dp_bound"] <= eps
+    assert checked.result.facts["lipschitz"] <= lipschitz
+
+
+def test_the_checker_refuses_work_beyond_its_limit(small, monkeypatch):
+    from peftaudit.verify.checkers import u as u_checker
+    _, cert = small
+    monkeypatch.setattr(u_checker, "MAX_WORK", 10)
+    with pytest.raises(MalformedCertificate, match="limit"):
+        check_certificate(cert)

@@ -38,6 +38,7 @@ from .result import CheckResult
 
 MAX_VARIABLES = 16
 MAX_CELLS = 1 << 16
+MAX_WORK = 1 << 24   # look-up logits the checker computes (about a minute of integer arithmetic)
 F0, F1 = Fraction(0), Fraction(1)
 
 
@@ -461,6 +462,10 @@ def check_u(cert: dict, inst: Instance) -> CheckResult:
         prompt.append([binary64(v, f"prompt[{t}]") for v in row])
     if not 0 <= margin < eps:
         raise MalformedCertificate("margin: expected 0 <= margin < eps")
+    work = len(inst.dataset) * len(prompt) * g["m"]
+    if work > MAX_WORK:
+        raise MalformedCertificate(f"prompt: {len(prompt)} tokens against {len(inst.dataset)} cells exceed the "
+                                   f"checker's limit (cells x prompt length x m <= {MAX_WORK})")
     try:
         cells = _cells(inst, g)
         family, params = g["target"]
