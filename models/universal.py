@@ -24,7 +24,8 @@ channels" of each of the last m positions (the other channels end exactly 0 on t
 Sizes (the report's size table): depth 3 (independent of delta), width D, MLP widths
 2 m d (K - 1), 1 and D, prompt length m_p = m K^{dm} (one token per cell and output position:
 exactly the counting bound m delta^{-dm} for table-indexing constructions), prompt parameters
-m_p D. Hardmax attention reproduces the table exactly on every cell away from bands of width
+m_p D, and model parameters (every weight of the three layers and the positional encoding, zeros
+included) 2 D^2 + (20 + 2d + m + 2h) D + h + 1 with h = 2 m d (K - 1). Hardmax attention reproduces the table exactly on every cell away from bands of width
 gamma below the grid lines; softmax leaks at most (n - 1) e^{-beta} of the weight, n = m_p + m.
 """
 

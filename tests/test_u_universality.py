@@ -248,3 +248,10 @@ def test_the_checker_refuses_work_beyond_its_limit(small, monkeypatch):
     monkeypatch.setattr(u_checker, "MAX_WORK", 10)
     with pytest.raises(MalformedCertificate, match="limit"):
         check_certificate(cert)
+
+
+@pytest.mark.parametrize("d,m,K", [(1, 1, 8), (2, 2, 4), (4, 1, 4), (1, 4, 4)])
+def test_the_documented_parameter_count_matches_the_model(d, m, K):
+    grid = universal.Grid(d, m, K)
+    D, h = grid.width, 2 * m * d * (K - 1)
+    assert universal.sizes(grid)["model_params"] == 2 * D * D + (20 + 2 * d + m + 2 * h) * D + h + 1

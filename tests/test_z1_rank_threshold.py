@@ -7,6 +7,8 @@ import copy
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peftaudit.linear_instance import LinearInstance, digest, to_dict
 from peftaudit.models.linear import adapted_error, construction, search
@@ -164,3 +166,15 @@ def test_audit_z1_group_verdicts():
     from peftaudit.audit.api import run_audit
     verdicts = run_audit(["Z1"], calibration=False, progress=False, quiet=True).verdicts
     assert verdicts == {"Z1": "CERTIFIED", "Z1-relu": "CERTIFIED", "Z1-relu-unbounded": "REFUTED"}
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), shape=st.sampled_from([(3, 2), (4, 2), (4, 3), (5, 2)]), data=st.data())
+def test_no_search_result_falls_below_a_certified_bound(seed, shape, data):
+    D, L = shape
+    rank_e = data.draw(st.integers(L + 1, D))  # threshold >= 2: there is a rank below it
+    inst = z1_instance(np.random.default_rng(seed), D, L, rank_e)
+    cert = certify_z1(inst).certificate
+    lower = check_certificate(cert).result.facts["lower"]
+    err, factors = search(list(inst.layers), inst.target, cert["rank"], restarts=2, steps=30, seed=seed)
+    assert np.linalg.norm(adapted_error(list(inst.layers), inst.target, factors), 2) >= lower * (1 - 1e-12)
