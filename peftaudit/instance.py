@@ -7,6 +7,7 @@ whole file before anything is returned: nothing is partly loaded.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -94,7 +95,7 @@ def to_dict(inst: Instance) -> dict:
              "layernorm": inst.spec.layernorm, "layers": layers}
     return {"format": FORMAT, "model": model,
             "dataset": [{"X": _matrix(ex.X), "Y": _matrix(ex.Y)} for ex in inst.dataset],
-            "meta": dict(inst.meta)}
+            "meta": copy.deepcopy(dict(inst.meta))}  # no aliasing: editing the dict never edits the instance
 
 
 def canonical_json(inst: Instance) -> str:

@@ -8,6 +8,7 @@ transformer instances follow, recomputed by the checker (verify/checkers/z1.py) 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class LinearInstance:
 def to_dict(inst: LinearInstance) -> dict:
     zero = lambda a: (np.asarray(a, dtype=np.float64) + 0.0).tolist()  # noqa: E731  (-0.0 -> 0.0)
     return {"format": FORMAT, "layers": [zero(W) for W in inst.layers], "target": zero(inst.target),
-            "meta": dict(inst.meta)}
+            "meta": copy.deepcopy(dict(inst.meta))}  # no aliasing: editing the dict never edits the instance
 
 
 def digest(inst: LinearInstance) -> str:
@@ -89,7 +90,7 @@ def relu_to_dict(inst: ReluInstance) -> dict:
     zero = lambda a: (np.asarray(a, dtype=np.float64) + 0.0).tolist()  # noqa: E731
     return {"format": RELU_FORMAT, "layers": [{"W": zero(W), "b": zero(b)} for W, b in inst.layers],
             "target": [{"W": zero(W), "b": zero(b)} for W, b in inst.target], "bound": float(inst.bound),
-            "meta": dict(inst.meta)}
+            "meta": copy.deepcopy(dict(inst.meta))}  # no aliasing: editing the dict never edits the instance
 
 
 def relu_digest(inst: ReluInstance) -> str:

@@ -255,3 +255,10 @@ def test_the_documented_parameter_count_matches_the_model(d, m, K):
     grid = universal.Grid(d, m, K)
     D, h = grid.width, 2 * m * d * (K - 1)
     assert universal.sizes(grid)["model_params"] == 2 * D * D + (20 + 2 * d + m + 2 * h) * D + h + 1
+
+
+def test_editing_an_instance_dict_never_edits_the_instance(small):
+    inst, _ = small
+    doc = to_dict(inst)
+    doc["meta"]["u"]["target"]["family"] = "edited"
+    assert inst.meta["u"]["target"]["family"] == "piecewise-linear"
