@@ -152,3 +152,31 @@ def test_mutated_npz_arrays(valid, data, tmp_path_factory):
     np.savez(buf, **arrays)
     (tmp / "x.npz").write_bytes(buf.getvalue())
     _run("certify", tmp / "x.npz", "--timeout", "20")
+
+
+@pytest.fixture(scope="module")
+def newer_certificates():
+    """One valid certificate of each claim added with U, P1 and Z1 (small instances: fast checks)."""
+    from peftaudit.claims.p1 import _instance
+    from peftaudit.strategies.lipschitz import u_instance
+    from peftaudit.strategies.z1_instances import relu_instance, z1_instance
+    from peftaudit.verify.encoders.p1 import certify_p1, certify_p1_encoder
+    from peftaudit.verify.encoders.u import certify_u
+    from peftaudit.verify.encoders.z1 import certify_z1
+    from peftaudit.verify.encoders.z1_relu import certify_z1_relu, certify_z1_relu_unbounded
+
+    rng = np.random.default_rng(0)
+    relu = relu_instance(rng, 3, 2, 1)
+    return {"U": certify_u(u_instance(rng, 1, 1, 1.0, 0.5, 1, "affine")).certificate,
+            "P1": certify_p1(_instance(rng, 3, 2, "causal", "prompt", 1)).certificate,
+            "P1-encoder": certify_p1_encoder(_instance(rng, 3, 2, "encoder", "prompt", 1)).certificate,
+            "Z1": certify_z1(z1_instance(rng, 3, 2, 3)).certificate,
+            "Z1-relu": certify_z1_relu(relu).certificate,
+            "Z1-relu-unbounded": certify_z1_relu_unbounded(relu).certificate}
+
+
+@FUZZ
+@given(data=st.data(), claim=st.sampled_from(["U", "P1", "P1-encoder", "Z1", "Z1-relu", "Z1-relu-unbounded"]))
+def test_mutated_newer_certificates(newer_certificates, claim, data, tmp_path_factory):
+    doc = data.draw(mutated(newer_certificates[claim]))
+    _run("check-certificate", _write(tmp_path_factory.mktemp("f"), "c.json", doc))

@@ -39,7 +39,7 @@ def layer2_prompt_values(inst: Instance, prompt: np.ndarray, example: int) -> np
     from peftaudit.models.transformer import layer_forward, to_torch
 
     params = to_torch(inst.weights)
-    X = torch.as_tensor(inst.dataset[example].X)[None, None]                            # (1,1,n,d)
+    X = torch.tensor(inst.dataset[example].X)[None, None]                               # (1,1,n,d)
     if inst.spec.positions:
         X = X + params["positional"][:, None, : X.shape[2], :]
     Z = torch.cat([torch.as_tensor(prompt)[None, None], X], dim=2)                       # (1,1,m+n,d)
