@@ -268,3 +268,20 @@ def test_norm_bounded_search_stays_in_the_ball_and_still_solves():
     attempts = search([inst], SearchConfig(sizes=(1,), norm_bound=bound, **FAST), progress=False)
     assert attempts[0].solved
     assert np.linalg.norm(attempts[0].adapter["prompt"], axis=1).max() <= bound * (1 + 1e-12)
+
+
+def test_lm_keeps_a_problem_whose_damping_is_still_rising():
+    """Started as Gauss-Newton (the finishing pass does), the first steps on Rosenbrock's residuals
+    are rejected while the damping grows; such a window is not a stall (it once dropped 2 of these 4
+    starts, and near misses of planted prompts at d = 32 with them)."""
+    import torch
+
+    import peftaudit.search.optimize as O
+
+    def residuals(theta):
+        x, y = theta[:, 0], theta[:, 1]
+        return torch.stack([10 * (y - x ** 2), 1 - x], dim=1)
+    starts = torch.tensor([[-1.2, 1.0], [2.5, -1.0], [0.0, 3.0], [-3.0, -3.0]], dtype=torch.float64)
+    _, _, err = O.levenberg_marquardt(residuals, starts, (), 200, done_error=1e-12, stall_fraction=1e-6,
+                                      mu_start=O.MU_MIN)
+    assert float(err.max()) <= 1e-12

@@ -185,7 +185,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     th, d, rr, ls = theta[idx], take(data, idx), r[idx], loss[idx]
     mu = torch.full_like(ls, mu_start)                                   # (b,)
     nu = torch.full_like(ls, 2.0)                                        # (b,) growth factor on rejection
-    window_start = ls.clone()
+    window_start, window_mu = ls.clone(), mu.clone()
     for step in range(1, steps + 1):
         if idx.numel() == 0:
             break
@@ -213,7 +213,8 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
             continue
         row_err = _max_error(rr)                                          # (b,)
         theta[idx], loss[idx], err[idx] = th, ls, row_err
-        keep = (row_err > done_error) & (ls < window_start * (1 - stall_fraction)) & (mu < MU_MAX)
+        progress = (ls < window_start * (1 - stall_fraction)) | (mu > window_mu)  # rejected steps: still damping up
+        keep = (row_err > done_error) & progress & (mu < MU_MAX)
         if owners is not None:
             keep &= ~solved_owners(owners, err <= done_error)[owners[idx]]
         if hopeless_slack and done_error > 0:
@@ -223,8 +224,8 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
             rate = torch.log(window_start / ls).clamp_min(1e-300)                  # (b,) nats per window
             keep &= need <= rate * windows_left * hopeless_slack
         if bool(keep.all()):
-            window_start = ls.clone()
+            window_start, window_mu = ls.clone(), mu.clone()
             continue
         idx, th, d, rr, ls, mu, nu = idx[keep], th[keep], take(d, keep), rr[keep], ls[keep], mu[keep], nu[keep]
-        window_start = ls.clone()
+        window_start, window_mu = ls.clone(), mu.clone()
     return theta, loss, err
