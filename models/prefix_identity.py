@@ -86,7 +86,7 @@ def lora_move(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, rank: in
         total = torch.zeros(())
         for hi, head in enumerate(spec.layers[li].heads):
             p = f"layers.{li}.heads.{hi}."
-            Wq, Wk, Wv = params[p + "Wq"][0], params[p + "Wk"][0], params[p + "Wv"][0]
+            Wq, Wk = params[p + "Wq"][0], params[p + "Wk"][0]
             B = torch.randn(head.v, rank, generator=gen, dtype=torch.float64) / d ** 0.5
             A = torch.randn(rank, d, generator=gen, dtype=torch.float64) / d ** 0.5
             causal = torch.ones(n, n, dtype=torch.bool).tril() if spec.attention == "causal" else None

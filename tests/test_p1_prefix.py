@@ -3,8 +3,6 @@ of prefix values, and the over-general encoder statement refuted by exactly chec
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch

@@ -50,6 +50,22 @@ def mul(A: Mat, B: Mat) -> Mat:
     return [[sum((a * b for a, b in zip(row, col)), Fraction(0)) for col in cols] for row in A]
 
 
+def identity(n: int) -> Mat:
+    return [[Fraction(int(i == j)) for j in range(n)] for i in range(n)]
+
+
+def interval_matvec(M: Mat, lo: Vec, hi: Vec) -> tuple[Vec, Vec]:
+    """Exact coordinatewise [min, max] of M h over the box lo <= h <= hi."""
+    out_lo, out_hi = [], []
+    for row in M:
+        a = b = Fraction(0)
+        for w, l, h in zip(row, lo, hi):
+            a, b = (a + w * l, b + w * h) if w >= 0 else (a + w * h, b + w * l)
+        out_lo.append(a)
+        out_hi.append(b)
+    return out_lo, out_hi
+
+
 def transpose(A: Mat) -> Mat:
     return [list(c) for c in zip(*A)]
 

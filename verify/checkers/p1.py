@@ -24,9 +24,7 @@ with the exp enclosures of exact.py) and requires two enclosures to be more than
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
-
-from .exact import attention_box, get, matvec
+from .exact import attention_box, get, interval_matvec, matvec
 from .instance import Instance, Layer
 from .reading import MalformedCertificate, binary64, rational
 from .result import CheckResult
@@ -97,17 +95,6 @@ def check_p1(cert: dict, inst: Instance) -> CheckResult:
 
 # ----------------------------------------------------------------------------- P1-encoder witnesses
 
-def _interval_matvec(M, lo, hi):
-    out_lo, out_hi = [], []
-    for row in M:
-        a = b = Fraction(0)
-        for w, l, h in zip(row, lo, hi):
-            a, b = (a + w * l, b + w * h) if w >= 0 else (a + w * h, b + w * l)
-        out_lo.append(a)
-        out_hi.append(b)
-    return out_lo, out_hi
-
-
 def _layer_box(inst: Instance, layer: Layer, tokens, rows: range):
     """Enclosures of the layer's output at `rows` for exact input tokens (encoder mask)."""
     out = []
@@ -119,10 +106,10 @@ def _layer_box(inst: Instance, layer: Layer, tokens, rows: range):
             a_lo, a_hi = attention_box(head.V, logits, tokens)
             lo = [x + y for x, y in zip(lo, a_lo)]
             hi = [x + y for x, y in zip(hi, a_hi)]
-        h_lo, h_hi = _interval_matvec(layer.W1, lo, hi)
+        h_lo, h_hi = interval_matvec(layer.W1, lo, hi)
         h_lo = [max(x + b, Fraction(0)) for x, b in zip(h_lo, layer.b1)]
         h_hi = [max(x + b, Fraction(0)) for x, b in zip(h_hi, layer.b1)]
-        o_lo, o_hi = _interval_matvec(layer.W2, h_lo, h_hi)
+        o_lo, o_hi = interval_matvec(layer.W2, h_lo, h_hi)
         base_lo, base_hi = (lo, hi) if inst.mlp == "residual" else ([Fraction(0)] * len(lo), [Fraction(0)] * len(lo))
         out.append(([a + b + c for a, b, c in zip(base_lo, o_lo, layer.b2)],
                     [a + b + c for a, b, c in zip(base_hi, o_hi, layer.b2)]))
@@ -157,7 +144,7 @@ def check_p1_encoder(cert: dict, inst: Instance) -> CheckResult:
     for X in (X1, X2):
         boxes = _layer_box(inst, inst.layers[0], P + X, range(m_p))
         V = inst.layers[1].heads[0].V
-        values.append([_interval_matvec(V, lo, hi) for lo, hi in boxes])
+        values.append([interval_matvec(V, lo, hi) for lo, hi in boxes])
     best = Fraction(-1)
     where = None
     for t in range(m_p):

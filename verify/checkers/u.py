@@ -290,7 +290,6 @@ def _analyse_cell(plan: _Plan, inst: Instance, cell_box, exp_cache: dict, where:
     rem = [[F0] * D for _ in range(m)]
     shift = [[F0] * W for _ in range(D)]
     n = plan.n_prompt + m
-    last = len(plan.layers) - 1
     for li, (kinds, layer, W1, W2, mlp_off) in enumerate(plan.layers):
         add = [[[F0] * W for _ in range(D)] for _ in range(m)]
         add_rem = [[F0] * D for _ in range(m)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from .exact import get, mul, positive_definite, transpose
+from .exact import get, identity, mul, positive_definite, transpose
 from .instance import _keys, _matrix, _plain, canonical_digest
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
@@ -59,12 +59,8 @@ def parse_linear(doc: Any) -> LinearInstance:
     return LinearInstance(layers, target, meta, canonical_digest(canonical))
 
 
-def _identity(D: int) -> list[list[Fraction]]:
-    return [[Fraction(int(i == j)) for j in range(D)] for i in range(D)]
-
-
 def _product(layers) -> list[list[Fraction]]:
-    out = _identity(len(layers[0]))
+    out = identity(len(layers[0]))
     for W in layers:
         out = mul(W, out)
     return out

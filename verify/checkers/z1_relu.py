@@ -21,7 +21,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from .exact import get, matvec, mul
+from .exact import get, identity, interval_matvec, matvec, mul
 from .instance import _keys, _matrix, _plain, _vector, canonical_digest
 from .reading import MalformedCertificate, binary64, rational
 from .result import CheckResult
@@ -80,18 +80,6 @@ def _adapted(cert: dict, inst: ReluInstance):
     return out, R
 
 
-def _range(M, lo, hi):
-    """Exact coordinatewise [min, max] of M h over the box [lo, hi]."""
-    out_lo, out_hi = [], []
-    for row in M:
-        a = b = F0
-        for w, l, h in zip(row, lo, hi):
-            a, b = (a + w * l, b + w * h) if w >= 0 else (a + w * h, b + w * l)
-        out_lo.append(a)
-        out_hi.append(b)
-    return out_lo, out_hi
-
-
 def _evaluate(layers, x):
     h = list(x)
     for i, (W, b) in enumerate(layers):
@@ -112,13 +100,13 @@ def check_z1_relu(cert: dict, inst: ReluInstance) -> CheckResult:
     delta = [F0] * D                                   # |h - h_bar| bound
     for g, (Wbar, bbar) in enumerate(inst.target):
         a_lo, a_hi = [x - e for x, e in zip(lo, delta)], [x + e for x, e in zip(hi, delta)]  # adapted state box
-        G = [[Fraction(int(i == j)) for j in range(D)] for i in range(D)]
+        G = identity(D)
         c = [F0] * D
         for j in range(M):
             W, b = adapted[g * M + j]
             N, o = mul(W, G), [v + x for v, x in zip(matvec(W, c), b)]
             if j < M - 1:
-                pre_lo, _ = _range(N, a_lo, a_hi)
+                pre_lo, _ = interval_matvec(N, a_lo, a_hi)
                 low = min(p + q for p, q in zip(pre_lo, o))
                 if low <= 0:
                     return CheckResult(False, f"group {g}, layer {g * M + j}: an inner pre-activation reaches "
@@ -128,7 +116,7 @@ def check_z1_relu(cert: dict, inst: ReluInstance) -> CheckResult:
         diff = [sum((abs(a - w) * s for a, w, s in zip(ar, wr, size)), F0)
                 + sum((abs(w) * e for w, e in zip(wr, delta)), F0) + abs(ci - bi)
                 for ar, wr, ci, bi in zip(G, Wbar, c, bbar)]
-        t_lo, t_hi = _range(Wbar, lo, hi)
+        t_lo, t_hi = interval_matvec(Wbar, lo, hi)
         lo, hi = [x + b for x, b in zip(t_lo, bbar)], [x + b for x, b in zip(t_hi, bbar)]
         if g < Lbar - 1:
             lo, hi = [max(x, F0) for x in lo], [max(x, F0) for x in hi]
