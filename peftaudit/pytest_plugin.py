@@ -100,7 +100,7 @@ class AuditItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return "peftaudit", None, f"claim {self.claim_id} with {self.method or 'its construction'}"
+        return "peftaudit", None, f"claim {self.claim_id} with {self.method or 'its exact evidence'}"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
@@ -133,9 +133,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     extra = [m.strip() for m in extra.split(",") if m.strip()] if extra else []
     for claim in claims:
         cid = claim.id
-        if claim.evidence == "witness":  # decided by its constructions: one item, no method searches
-            items.append(AuditItem.from_parent(session, name=f"peftaudit[{cid}-construction]", claim_id=cid,
-                                               method=None))
+        runs = claim.falsifiers + claim.contrasts + claim.comparisons
+        if claim.evidence == "witness" or not (runs or extra):  # decided by exact evidence alone: one item
+            items.append(AuditItem.from_parent(session, name=f"peftaudit[{cid}-exact]", claim_id=cid, method=None))
             continue
         methods = list(extra)
         for run in () if extra else claim.falsifiers + claim.contrasts + claim.comparisons:

@@ -222,10 +222,12 @@ def test_cli_generates_certifies_and_checks_a_u_witness(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_pytest_plugin_collects_one_construction_item_for_u(pytester):
-    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "U", "--collect-only", "-q",
+def test_pytest_plugin_collects_one_exact_item_for_claims_without_searches(pytester):
+    result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "U,P1,Z1", "--collect-only", "-q",
                                            "-p", "no:cacheprovider")
-    assert "peftaudit[U-construction]" in result.stdout.str()
+    out = result.stdout.str()
+    for item in ("U-exact", "P1-exact", "P1-encoder-exact", "Z1-exact", "Z1-relu-exact", "Z1-relu-unbounded-exact"):
+        assert f"peftaudit[{item}]" in out
 
 
 @settings(max_examples=12, deadline=None)
