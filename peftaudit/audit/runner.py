@@ -183,7 +183,7 @@ def decide(outcome: ClaimOutcome) -> None:
         statuses = [outcome.certificates.get(i, {}).get("status") for i in active]
         certified = sum(s == "certified" for s in statuses)
         if claim.certify is not None and certified == len(active):
-            margins = [outcome.certificates[i]["margin"] for i in active if outcome.certificates[i]["margin"]]
+            margins = [m for m in (outcome.certificates[i]["margin"] for i in active) if m is not None]
             outcome.verdict = "CERTIFIED"
             outcome.reason = (f"all {len(active)} instances carry certificates checked in exact arithmetic"
                               + (f" (smallest margin {min(margins):.3g}); no search result falls below a margin"

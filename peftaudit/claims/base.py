@@ -34,8 +34,9 @@ class Claim:
 
     kind "cannot": a replayed adapter found by a falsifier refutes it; certificates support it.
     kind "can": a checked certificate of impossibility refutes it; found adapters support it.
-    kind "can" with evidence "witness": certify builds a constructive witness per instance; every
-    witness passing the exact check certifies the claim, a witness failing it refutes it.
+    evidence "witness": certify builds a witness per instance, checked exactly. For "can" (U, Z1-relu)
+    every witness passing certifies the claim and one failing refutes it; for "cannot" (P1-encoder,
+    Z1-relu-unbounded) a passing witness is a counterexample and refutes it.
     """
     id: str
     title: str

@@ -32,7 +32,7 @@ MONTE_CARLO = {"quick": 2000, "ci": 4000, "thorough": 20000}
 
 
 def _configs(profile: Profile) -> tuple:
-    return QUICK if profile.instances <= len(QUICK) else (QUICK + MORE)[: max(profile.instances, len(QUICK))]
+    return (QUICK + MORE)[: max(profile.instances, len(QUICK))]
 
 
 def _draw(profile: Profile, seed: int):

@@ -50,10 +50,11 @@ def estimated_bound(inst: Instance) -> float:
     return (V * (rho + L / (2 * K) + lam) ** p + V * 2.0 ** p * V * (K - 1) * float(u["gamma"])) ** (1 / p)
 
 
-def witness(inst: Instance, prompt: np.ndarray, margin: float = 0.0) -> dict:
+def witness(inst: Instance, prompt: np.ndarray, margin: float = 0.0, estimate: float | None = None) -> dict:
+    estimate = estimated_bound(inst) if estimate is None else estimate
     return {"format": CERT_FORMAT, "claim": "U", "instance": to_dict(inst), "instance_sha256": digest(inst),
             "margin": margin, "prompt": np.asarray(prompt, dtype=np.float64).tolist(),
-            "uncertified": {"estimated_dp_bound": estimated_bound(inst)}}
+            "uncertified": {"estimated_dp_bound": estimate}}
 
 
 def certify_u(inst: Instance, tolerance: float = 0.0) -> CertifyResult:
@@ -68,7 +69,7 @@ def certify_u(inst: Instance, tolerance: float = 0.0) -> CertifyResult:
     eps = float(inst.meta["u"]["eps"])
     estimate = estimated_bound(inst)
     margin = max(0.0, (eps - estimate) / 2) if math.isfinite(estimate) else 0.0
-    cert = witness(inst, universal.build_prompt(grid, table), margin)
+    cert = witness(inst, universal.build_prompt(grid, table), margin, estimate)
     return CertifyResult("U", "certified", f"witness built: prompt of {grid.prompt_length} tokens, estimated d_p "
                          f"bound {estimate:.3g} against eps {eps:g}", margin=None, best_error=estimate,
                          certificate=cert)
