@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock seconds before giving up with status unknown, exit 4 (0: no limit; default 600)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="write the certificate here (JSON; a new file unless --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--force", action="store_true", default=None, help="replace an existing --out file")
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("check-certificate", help="re-verify a certificate in exact arithmetic")
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="affine", help="kind u: affine, piecewise-linear, quadratic-features or "
                                                       "table (planted)")
     p.add_argument("--out", required=True, help="instance file to write (a new file unless --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--force", action="store_true", default=None, help="replace an existing --out file")
     p.set_defaults(func=cmd_generate)
 
     for register in EXTRA_COMMANDS:
@@ -536,7 +536,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", help="LoRA / peft target matrices among q,k,v,o,1,2 (LoRA default: v)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
     p.add_argument("--out", help="write the best adapter here (JSON; a new file unless --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--force", action="store_true", default=None, help="replace an existing --out file")
     _search_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -565,19 +565,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime, timezone
 
-    from peftaudit.audit import run_audit
+    from peftaudit.audit import resume_audit, run_audit
 
-    claims = _names(args.claims, "--claims") if args.claims is not None else None
-    methods = _names(args.methods, "--methods") if args.methods is not None else None
-    out = args.out or f"reports/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{args.profile}-s{args.seed}"
     started = time.perf_counter()
     try:
-        result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
-                           device=args.device, out=out, force=args.force, calibration=not args.no_calibration,
-                           progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
-                           card_families=_names(args.card_families, "--card-families") if args.card_families else None)
+        if args.resume is not None:
+            planned = [f"--{name.replace('_', '-')}" for name in RESUME_FIXED if getattr(args, name) is not None]
+            if planned:
+                raise InputError("--resume", args.resume, f"no {', '.join(planned)} beside it (the unfinished "
+                                                          f"audit's plan decides them)")
+            result = resume_audit(args.resume, jobs=args.jobs, backend=args.backend, address=args.address,
+                                  progress=sys.stderr.isatty())
+            args.profile, args.seed = result.report["provenance"]["profile"], result.report["provenance"]["seed"]
+        else:
+            args.profile = args.profile or "quick"
+            args.seed = 0 if args.seed is None else args.seed
+            claims = _names(args.claims, "--claims") if args.claims is not None else None
+            methods = _names(args.methods, "--methods") if args.methods is not None else None
+            out = args.out or f"reports/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{args.profile}-s{args.seed}"
+            result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
+                               backend=args.backend, address=args.address, device=args.device or "auto", out=out,
+                               force=bool(args.force), calibration=not args.no_calibration,
+                               progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
+                               card_families=_names(args.card_families, "--card-families") if args.card_families
+                               else None)
     except (KeyboardInterrupt, Terminated):
-        print("peftaudit audit: interrupted; no report was written", file=sys.stderr)
+        folder = args.resume or args.out
+        print("peftaudit audit: interrupted; no report was written"
+              + (f"; the finished jobs are kept: `peftaudit audit --resume {folder}` goes on" if folder else ""),
+              file=sys.stderr)
         return 130
     print(f"peftaudit audit ({args.profile}, seed {args.seed}) in {time.perf_counter() - started:.0f} s")
     width = max([5] + [len(c["id"]) for c in result.report["claims"]])
@@ -605,21 +621,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if result.refuted else 0
 
 
+RESUME_FIXED = ("profile", "seed", "claims", "methods", "device", "out", "force", "no_calibration", "no_cards",
+                "card_families")
+
+
 def _register_audit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="audit every registered claim and write a report")
-    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default=None, help="default quick")
     p.add_argument("--claims", help="comma-separated claim ids (default: all registered)")
     p.add_argument("--methods", help="restrict searches to these methods (comma-separated); a method no claim "
                                      "names (a plugin, package.module:Name, a peft guest) is added, and gets a card")
-    p.add_argument("--no-cards", action="store_true", help="no method cards for the methods --methods adds")
+    p.add_argument("--no-cards", action="store_true", default=None, help="no method cards for the methods --methods adds")
     p.add_argument("--card-families", help="the cards' families (comma-separated; default: all)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--jobs", type=_positive_int, default=1, help="processes for certification")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=_seed, default=None, help="default 0")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="workers running the audit's jobs (default 1)")
+    p.add_argument("--backend", choices=["auto", "inline", "process", "ray"], default="auto",
+                   help="who runs the jobs: inline (here), process (a local pool of --jobs spawned workers), ray "
+                        "(Ray tasks; a local Ray with --jobs CPUs, or --address); auto: inline for --jobs 1, else process")
+    p.add_argument("--address", help="with --backend ray: a running Ray cluster's address (default: start one here)")
+    p.add_argument("--resume", metavar="DIR", help="finish the unfinished audit in DIR (its plan decides the claims, "
+                                                   "profile, seed, methods and device; finished jobs are not rerun)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="default auto")
     p.add_argument("--out", help="report folder (default: reports/<run-id>); must not exist, or be empty")
-    p.add_argument("--force", action="store_true",
+    p.add_argument("--force", action="store_true", default=None,
                    help="replace --out if it holds a previous peftaudit report (nothing else is ever replaced)")
-    p.add_argument("--no-calibration", action="store_true", help="skip the calibration on planted instances")
+    p.add_argument("--no-calibration", action="store_true", default=None,
+                   help="skip the calibration on planted instances")
     p.set_defaults(func=cmd_audit)
 
 
@@ -671,14 +698,14 @@ def _register_card(sub: argparse._SubParsersAction) -> None:
     p.add_argument("method", help="a registered name, an entry point of peftaudit.methods, or package.module:Name")
     p.add_argument("--targets", help="LoRA / peft target matrices among q,k,v,o,1,2")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
-    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick")
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default=None, help="default quick")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--d", type=_bounded(2, 64, "a width from 2"), default=4, help="model width of the battery")
     p.add_argument("--count", type=_bounded(1, 64, "a count from 1"), default=3, help="instances per family")
     p.add_argument("--families", help="comma-separated families (default: all; see README, Method cards)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="card folder (default: cards/<method>); must not exist, or be empty")
-    p.add_argument("--force", action="store_true", help="replace --out if it holds a previous card")
+    p.add_argument("--force", action="store_true", default=None, help="replace --out if it holds a previous card")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_card)
 

@@ -18,15 +18,16 @@ class Profile:
     steps: int                 # Adam steps before the second-order polish
     polish_steps: int          # Levenberg-Marquardt steps
     planted: int               # planted instances for calibration (per method)
+    chunk: int                 # instances per audit job (a claim's draw is split into jobs of this many)
 
 
 PROFILES = {
     "quick": Profile("quick", hypothesis_examples=25, instances=6, dims=(2, 4, 8), lengths=(1, 2, 4),
-                     restarts=4, steps=200, polish_steps=100, planted=32),
+                     restarts=4, steps=200, polish_steps=100, planted=32, chunk=8),
     "ci": Profile("ci", hypothesis_examples=60, instances=12, dims=(2, 4, 8), lengths=(1, 2, 4),
-                  restarts=4, steps=400, polish_steps=100, planted=96),
+                  restarts=4, steps=400, polish_steps=100, planted=96, chunk=6),
     "thorough": Profile("thorough", hypothesis_examples=400, instances=48, dims=(2, 4, 8, 16), lengths=(1, 2, 4, 8),
-                        restarts=8, steps=1500, polish_steps=200, planted=512),
+                        restarts=8, steps=1500, polish_steps=200, planted=512, chunk=16),
 }
 
 

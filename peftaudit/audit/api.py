@@ -1,23 +1,29 @@
-"""run_audit: the one entry point the CLI, the pytest plugin and users' code share."""
+"""run_audit: the one entry point the CLI, the pytest plugin and users' code share.
+
+An audit is planned as jobs (peftaudit/jobs), run by an executor (inline, a process pool, Ray),
+each result appended to the store inside the out folder as it finishes, and the report built from
+the stored results alone. `resume` picks up an unfinished out folder and runs what is missing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from peftaudit.claims import Claim
 from peftaudit.errors import InputError
-from peftaudit.search.calibrate import calibrate
 from peftaudit.search.problems import resolve_device
 from peftaudit.settings import get_profile
 
-from .outdir import check_out_dir
+from .outdir import check_out_dir, check_resumable, set_aside
 from .report import SCHEMA_VERSION, claim_json, provenance, write_report
-from .runner import ClaimOutcome, audit_claim, log_stderr, search_config
+from .runner import ClaimOutcome, log_stderr
 
 
 BUILTIN_METHODS = ("prompt", "prefix", "prefix-kv", "lora", "full")
+STORE = "store"
 
 
 @dataclass
@@ -36,59 +42,126 @@ class AuditResult:
         return any(c["verdict"] == "REFUTED" and c.get("expect") != "REFUTED" for c in self.report["claims"])
 
 
+def _check_methods(methods: Sequence[str]) -> None:
+    from peftaudit.models.methods import get_method
+    for m in methods:
+        try:  # unknown names (with the known ones listed) and unimportable plugins fail here
+            get_method(m)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
+            raise InputError("methods", m, f"a method that can be constructed (it raised "
+                                           f"{type(exc).__name__}: {exc})") from None
+
+
+def _backend(backend: str, jobs: int, claims: Sequence[Claim]) -> str:
+    from peftaudit.claims.base import loads_in_workers
+    from peftaudit.jobs.executors import BACKENDS
+
+    if jobs < 1:
+        raise InputError("jobs", jobs, "a positive number of worker processes")
+    chosen = ("inline" if jobs == 1 else "process") if backend == "auto" else backend
+    if chosen not in BACKENDS:
+        raise InputError("backend", backend, "one of auto, " + ", ".join(BACKENDS))
+    if chosen != "inline":
+        foreign = [c.id for c in claims if not loads_in_workers(c)]
+        if foreign:
+            raise InputError("claims", foreign, f"claims a worker can load by id (built in, or from the entry point "
+                                                f"group peftaudit.claims) for --backend {chosen}; claims made at run "
+                                                f"time need --backend inline")
+    return chosen
+
+
 def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "quick", seed: int = 0,
-              methods: Sequence[str] | None = None, jobs: int = 1, device: str = "auto",
-              out: str | Path | None = None, force: bool = False, calibration: bool = True, progress: bool = True,
-              quiet: bool = False, argv: Sequence[str] = (), cards: bool = True,
+              methods: Sequence[str] | None = None, jobs: int = 1, backend: str = "auto", address: str | None = None,
+              device: str = "auto", out: str | Path | None = None, force: bool = False, calibration: bool = True,
+              progress: bool = True, quiet: bool = False, argv: Sequence[str] = (), cards: bool = True,
               card_families: Sequence[str] | None = None) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
 
     `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
-    a previous peftaudit report, which is replaced whole. With `cards`, every method in `methods`
-    that is not built in (a plugin, a peft guest) also gets its method card, in the report's
-    cards/ folder."""
+    a previous peftaudit report, which is set aside and removed once the new report is in place.
+    `jobs` workers run the jobs: backend "auto" is inline for one, a spawned process pool for more;
+    "ray" runs them on Ray (a local Ray, or the cluster at `address`). With `cards`, every method
+    in `methods` that is not built in (a plugin, a peft guest) also gets its method card."""
     from peftaudit.claims import claim_ids, expand_claims
+    from peftaudit.jobs import ResultStore, plan_audit
 
     if out is not None:
         check_out_dir(out, force)
     prof = get_profile(profile)
     resolved = expand_claims(claims or claim_ids())
-    if jobs < 1:
-        raise InputError("jobs", jobs, "a positive number of processes")
+    chosen = _backend(backend, jobs, resolved)
     if methods is not None:
-        from peftaudit.models.methods import get_method
-        for m in methods:
-            try:  # unknown names (with the known ones listed) and unimportable plugins fail here
-                get_method(m)
-            except InputError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
-                raise InputError("methods", m, f"a method that can be constructed (it raised "
-                                               f"{type(exc).__name__}: {exc})") from None
+        _check_methods(methods)
     dev = resolve_device(device)
-    log = (lambda s: None) if quiet else log_stderr
-    base = search_config(prof, seed, str(dev))
-    report = {"schema": SCHEMA_VERSION, "provenance": provenance(seed, profile, str(dev), list(argv)),
-              "claims": [], "calibration": {}}
-    outcomes = [audit_claim(c, prof, seed, base, methods=set(methods) if methods else None, jobs=jobs,
-                            progress=progress, log=log) for c in resolved]
-    report["claims"] = [claim_json(o) for o in outcomes]
-    if calibration:
-        for method in ("prompt", "lora"):
-            log(f"calibration: {method} search on {prof.planted} planted instances")
-            cal = calibrate(method, prof.planted, replace(base, rounds=2), progress=progress)
-            report["calibration"][method] = cal.to_json()
-    if cards and methods:
-        from peftaudit.card import run_battery
-        from peftaudit.card.battery import card_folder
-        report["cards"] = {}
-        for m in methods:
-            if m in BUILTIN_METHODS:
-                continue
-            log(f"method card: {m}")
-            result_card = run_battery(m, {}, prof, seed, base, families=card_families, log=log)
-            report["cards"][m] = {"folder": f"cards/{card_folder(m)}", "card": result_card}
-    out_dir = None
+    added = [m for m in methods or () if m not in BUILTIN_METHODS] if cards else []
+    plan = plan_audit(resolved, prof, seed, methods=methods, device=str(dev), calibration=calibration, cards=added,
+                      card_families=card_families, argv=argv)
+    store, out_dir = None, None
     if out is not None:
-        out_dir = write_report(report, outcomes, Path(out), force=force)
+        out_dir = Path(out)
+        set_aside(out_dir, force)   # a previous report (only with force) moves to a hidden sibling
+        out_dir.mkdir(parents=True, exist_ok=True)
+        store = ResultStore.create(out_dir / STORE, plan)
+    return _run(plan, resolved, store, out_dir, chosen, jobs, address, progress, quiet)
+
+
+def resume_audit(folder: str | Path, *, jobs: int = 1, backend: str = "auto", address: str | None = None,
+                 progress: bool = True, quiet: bool = False) -> AuditResult:
+    """Finish the audit in `folder` (an out folder an interrupted run left): the jobs its store
+    holds are not run again, a damaged last line is redone, and the report is written there."""
+    from peftaudit.claims import get_claim
+    from peftaudit.jobs import ResultStore
+
+    out_dir = check_resumable(folder)
+    store = ResultStore(out_dir / STORE)
+    plan = store.plan()
+    claims = [get_claim(cid) for cid in plan.claims]
+    chosen = _backend(backend, jobs, claims)
+    if plan.methods:
+        _check_methods(plan.methods)
+    resolve_device(plan.device)  # a run planned for CUDA needs CUDA to resume
+    return _run(plan, claims, store, out_dir, chosen, jobs, address, progress, quiet)
+
+
+def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, workers: int, address: str | None,
+         progress: bool, quiet: bool) -> AuditResult:
+    from peftaudit.jobs import Job
+    from peftaudit.jobs.executors import execute
+    from peftaudit.jobs.merge import merge_audit
+    from peftaudit.jobs.progress import JobProgress
+
+    log = (lambda s: None) if quiet else log_stderr
+    results = store.read() if store is not None else {}
+    if store is not None and (results or store.dropped):
+        log(f"resuming: {len(results)} of {len(plan.jobs)} jobs finished"
+            + (f", {store.dropped} damaged line(s) dropped and redone" if store.dropped else ""))
+    todo = [j for j in plan.jobs if j.key not in results]
+    bars = JobProgress(plan, results, enabled=progress and backend != "inline", log=log)
+
+    def finished(job_doc: dict, result: dict) -> None:
+        key = Job.from_json(job_doc).key
+        results[key] = result
+        if store is not None:
+            store.append(key, result)
+        bars.done(key, result)
+
+    inline_claims = {c.id: c for c in claims} if backend == "inline" else None
+    try:
+        execute(backend, plan.to_json(), [j.to_json() for j in todo], finished, workers=workers, address=address,
+                progress=progress, verbose=not quiet, claims=inline_claims)
+    finally:
+        bars.close()
+    outcomes, calibration, cards = merge_audit(plan, claims, results)
+    report = {"schema": SCHEMA_VERSION, "provenance": provenance(plan.seed, plan.profile, plan.device, list(plan.argv)),
+              "claims": [claim_json(o) for o in outcomes], "calibration": calibration}
+    report["provenance"]["started"] = plan.started
+    report["provenance"]["executor"] = {"backend": backend, "workers": workers, "cpus": os.cpu_count(),
+                                        "resumed": len(plan.jobs) - len(todo)}
+    if cards:
+        from peftaudit.card.battery import card_folder
+        report["cards"] = {m: {"folder": f"cards/{card_folder(m)}", "card": card} for m, card in cards.items()}
+    if out_dir is not None:
+        write_report(report, outcomes, out_dir)
     return AuditResult(report, outcomes, out_dir)

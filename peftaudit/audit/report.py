@@ -56,9 +56,9 @@ def claim_json(o: ClaimOutcome) -> dict:
     out = {
         "id": c.id, "title": c.title, "source": c.source, "formalization": c.formalization, "kind": c.kind,
         "verdict": o.verdict, "reason": o.reason, "group": c.group, "expect": c.expect, "dropped": c.dropped,
-        "instances": len(o.instances), "vacuous": len(o.vacuous),
+        "instances": len(o.shapes), "vacuous": len(o.vacuous),
         "vacuous_reasons": {str(i): why for i, why in sorted(o.vacuous.items())},
-        "instance_shapes": [{"d": inst.spec.d, "family": inst.meta.get("family")} for inst in o.instances],
+        "instance_shapes": o.shapes,
         "certificates": certs,
         "search": {label: _attempt_rows(att) for label, att in o.searches.items()},
         "contrasts": {label: {"solved": sum(a.solved for a in att), "total": len(att), "results": _attempt_rows(att)}
@@ -313,10 +313,10 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
 # ------------------------------------------------------------------ writing
 
-def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, force: bool = False) -> Path:
-    """Write the whole report into out_dir atomically (temporary sibling, then rename); out_dir is
-    checked again here (it may have changed during the audit) and only a previous report is replaced."""
-    from .outdir import install
+def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> Path:
+    """Write the whole report atomically: into a temporary sibling, which then takes the place of
+    the run's out_dir (its store/ moved along; audit/outdir.install_run)."""
+    from .outdir import install_run
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +366,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, forc
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "report.md").write_text(md_text)
         (tmp / "report.html").write_text(html(report, figs))
-        install(tmp, out_dir, force)
+        install_run(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,14 +10,12 @@ soundness conflict such as a search result below a certified margin).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import sys
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from peftaudit.claims import Claim, MethodRun, get_claim
+from peftaudit.claims import Claim, MethodRun
 from peftaudit.instance import Instance
 from peftaudit.search.engine import Attempt, SearchConfig, confirm, search
 from peftaudit.settings import Profile
@@ -31,7 +29,9 @@ SOLVED_MAX_ERROR = 1e-8   # a replayed max error at most this memorizes (numeric
 class ClaimOutcome:
     """Everything the report says about one claim (plain data, JSON-ready via to_json)."""
     claim: Claim
-    instances: list[Instance] = field(default_factory=list)
+    instances: Sequence[Instance] | dict[int, Instance] = field(default_factory=list)  # the draw; merged: those saved
+    shapes: list[dict] = field(default_factory=list)  # per instance of the chunk (merged: of the claim): d, family
+    span: tuple[int, int] = (0, 0)                    # the chunk's instances [start, stop)
     vacuous: dict[int, str] = field(default_factory=dict)
     certificates: dict[int, dict] = field(default_factory=dict)   # instance -> summary (+ "certificate")
     searches: dict[str, list[Attempt]] = field(default_factory=dict)
@@ -46,9 +46,9 @@ class ClaimOutcome:
     study: dict | None = None   # a claim's own report section (claim.study)
 
 
-def _certify_worker(args: tuple[str, Instance, float]) -> dict:
-    claim_id, inst, tolerance = args
-    return _certify_one(get_claim(claim_id), inst, tolerance)
+def shape(inst) -> dict:
+    """What a report says of an instance: its width and family."""
+    return {"d": inst.spec.d, "family": inst.meta.get("family")}
 
 
 def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
@@ -133,7 +133,7 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[
 def decide(outcome: ClaimOutcome) -> None:
     """Set verdict and reason from the evidence, checking soundness conflicts on the way."""
     claim = outcome.claim
-    active = [i for i in range(len(outcome.instances)) if i not in outcome.vacuous]
+    active = [i for i in range(len(outcome.shapes)) if i not in outcome.vacuous]
     solved = [a for attempts in outcome.searches.values() for a in attempts if a.solved]
     found = [a for a in solved if a.rigorously_solved]
     for label, attempts in [*outcome.searches.items(), *outcome.contrasts.items(), *outcome.comparisons.items()]:
@@ -231,27 +231,31 @@ def decide(outcome: ClaimOutcome) -> None:
                                                                for i, e in failures[:20])
 
 
-def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *, methods: set[str] | None = None,
-                jobs: int = 1, progress: bool = True, log: Callable[[str], None] = lambda s: None) -> ClaimOutcome:
+def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, start: int = 0,
+                stop: int | None = None, *, methods: set[str] | None = None, progress: bool = True,
+                log: Callable[[str], None] = lambda s: None) -> ClaimOutcome:
+    """The evidence on instances [start, stop) of the claim's draw (all by default), undecided.
+
+    Every chunk draws the whole list (the draw is the claim's, from the audit seed) and works on
+    its slice, so instance i is the same whichever chunk holds it; indices stay global. A claim
+    with a study runs as one chunk (its study reads every instance)."""
     outcome = ClaimOutcome(claim)
     try:
         outcome.instances = list(claim.draw(profile, seed))
-        for i, inst in enumerate(outcome.instances):
-            why = claim.hypotheses(inst)
+        stop = len(outcome.instances) if stop is None else min(stop, len(outcome.instances))
+        outcome.span = (start, stop)
+        outcome.shapes = [shape(inst) for inst in outcome.instances[start:stop]]
+        for i in range(start, stop):
+            why = claim.hypotheses(outcome.instances[i])
             if why is not None:
                 outcome.vacuous[i] = why
-        active = [i for i in range(len(outcome.instances)) if i not in outcome.vacuous]
-        log(f"{claim.id}: {len(outcome.instances)} instances drawn, {len(outcome.vacuous)} vacuous")
+        active = [i for i in range(start, stop) if i not in outcome.vacuous]
+        log(f"{claim.id}: instances {start}..{stop - 1} of {len(outcome.instances)} drawn, "
+            f"{len(outcome.vacuous)} vacuous")
         if claim.certify is not None and active:
-            if jobs > 1:
-                ctx = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                    results = list(pool.map(_certify_worker, [(claim.id, outcome.instances[i], TOLERANCE)
-                                                              for i in active]))
-            else:
-                results = [_certify_one(claim, outcome.instances[i], TOLERANCE) for i in active]
-            outcome.certificates = dict(zip(active, results))
-            log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in results)}/{len(active)}")
+            outcome.certificates = {i: _certify_one(claim, outcome.instances[i], TOLERANCE) for i in active}
+            log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in outcome.certificates.values())}"
+                f"/{len(active)}")
         keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
         extra_falsifiers, extra_comparisons = added_runs(claim, sorted(methods or ()), profile)
         outcome.added = {**{r.label: "comparison" for r in extra_comparisons},
@@ -270,6 +274,13 @@ def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *
         raise
     except Exception:
         outcome.errors.append(traceback.format_exc(limit=6))
+    return outcome
+
+
+def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *, methods: set[str] | None = None,
+                progress: bool = True, log: Callable[[str], None] = lambda s: None) -> ClaimOutcome:
+    """One claim in one piece, decided (the audit itself goes through jobs: peftaudit/jobs)."""
+    outcome = audit_chunk(claim, profile, seed, base, methods=methods, progress=progress, log=log)
     decide(outcome)
     log(f"{claim.id}: {outcome.verdict}")
     return outcome

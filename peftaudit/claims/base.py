@@ -74,6 +74,9 @@ def claim(factory: Callable[[], Claim]) -> Callable[[], Claim]:
     return factory
 
 
+_AT_LOAD: dict[str, Claim] = {}  # the registry as loading left it (built-ins, entry points)
+
+
 def _load() -> None:
     global _loaded
     if _loaded:
@@ -96,6 +99,14 @@ def _load() -> None:
             result = obj()
             if isinstance(result, Claim):
                 register_claim(result)
+    _AT_LOAD.update(_REGISTRY)
+
+
+def loads_in_workers(claim: Claim) -> bool:
+    """The claim is the one a fresh interpreter registers under its id (built in, or from the entry
+    point group), so a worker process that loads claims by id gets this very claim."""
+    _load()
+    return _AT_LOAD.get(claim.id) is claim
 
 
 def claim_ids() -> list[str]:

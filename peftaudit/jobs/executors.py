@@ -1,0 +1,106 @@
+"""Executors: run jobs and hand each result back as it finishes (any order; the store and the
+merge put them in plan order). inline runs them here, one after another; process runs them in a
+local pool of spawned workers (spawn, not fork: CUDA cannot be initialized again in a forked
+child); ray runs them as Ray tasks, on a local Ray started here or on a cluster at `address`."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+from peftaudit.errors import InputError, PeftauditError
+
+from .work import run_job
+
+BACKENDS = ("inline", "process", "ray")
+OnResult = Callable[[dict, dict], None]   # (job JSON, result JSON)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _logged_job(plan_doc: dict, job_doc: dict, verbose: bool) -> dict:
+    from peftaudit.audit.runner import log_stderr
+    return run_job(plan_doc, job_doc, log=log_stderr if verbose else None)
+
+
+def run_inline(plan_doc: dict, jobs: Iterable[dict], on_result: OnResult, *, progress: bool, verbose: bool,
+               claims: dict | None = None) -> None:
+    from peftaudit.audit.runner import log_stderr
+    for job in jobs:
+        on_result(job, run_job(plan_doc, job, progress=progress, log=log_stderr if verbose else None, claims=claims))
+
+
+def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int, verbose: bool) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    try:
+        pending = {pool.submit(_logged_job, plan_doc, job, verbose): job for job in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise PeftauditError("a worker process died (out of memory, or killed); the finished jobs "
+                                         "are kept in the store: resume with --resume") from None
+                on_result(job, result)
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no orphans on Ctrl-C or an error
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def run_ray(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int, address: str | None,
+            verbose: bool) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--backend", "ray", "an installed Ray (python -m pip install -e \".[ray]\")") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"address": address} if address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=False, **kwargs)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_logged_job)
+        refs = {task.remote(plan_doc, job, verbose): job for job in jobs}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            job = refs.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                raise PeftauditError(f"Ray task {job['kind']}:{job['name']} failed ({type(exc).__name__}); the "
+                                     "finished jobs are kept in the store: resume with --resume") from None
+            on_result(job, result)
+    except BaseException:
+        if started_here:
+            ray.shutdown()
+        raise
+    if started_here:
+        ray.shutdown()
+
+
+def execute(backend: str, plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int = 1,
+            address: str | None = None, progress: bool = False, verbose: bool = True,
+            claims: dict | None = None) -> None:
+    """Run `jobs` on `backend`, calling on_result(job, result) in this process as each finishes.
+    `claims` (inline only): Claim objects by id, used as given (workers load claims by id)."""
+    if backend == "inline":
+        run_inline(plan_doc, jobs, on_result, progress=progress, verbose=verbose, claims=claims)
+    elif backend == "process":
+        run_process(plan_doc, jobs, on_result, workers=workers, verbose=verbose)
+    elif backend == "ray":
+        run_ray(plan_doc, jobs, on_result, workers=workers, address=address, verbose=verbose)
+    else:
+        raise InputError("--backend", backend, "one of " + ", ".join(BACKENDS))

@@ -1,0 +1,97 @@
+"""The results store: one JSON line per finished job, appended and flushed to disk as jobs finish.
+
+Each line is {"job": key, "sha256": digest of the result's canonical JSON, "result": ...}. A line
+that is cut short (a kill while writing), does not parse, or fails its digest is dropped when the
+store is read, and the file is truncated back to the last good line before anything is appended,
+so the job is simply run again. The first good line of a job wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from peftaudit.errors import InputError
+
+from .plan import AuditPlan
+
+PLAN_FILE = "plan.json"
+RESULTS_FILE = "results.jsonl"
+
+
+def _digest(result: dict) -> str:
+    return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
+
+
+class ResultStore:
+    """A folder holding plan.json and results.jsonl (the out folder's store/)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.results_path = self.folder / RESULTS_FILE
+        self.dropped = 0          # lines found damaged on the last read (their jobs are redone)
+
+    # -------------------------------------------------------------- plan
+    @classmethod
+    def create(cls, folder: Path, plan: AuditPlan) -> "ResultStore":
+        folder = Path(folder)
+        folder.mkdir(parents=True)
+        tmp = folder / (PLAN_FILE + ".tmp")
+        tmp.write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+        os.replace(tmp, folder / PLAN_FILE)
+        (folder / RESULTS_FILE).touch()
+        return cls(folder)
+
+    def plan(self) -> AuditPlan:
+        path = self.folder / PLAN_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError("--resume", str(self.folder.parent), f"an unfinished audit folder with a readable "
+                                                                  f"store/{PLAN_FILE} ({exc})") from None
+        return AuditPlan.from_json(doc)
+
+    # -------------------------------------------------------------- results
+    def read(self) -> dict[str, dict]:
+        """Finished results by job key; damaged lines are counted in `dropped` and cut off the file's
+        end (a damaged line can only be the last one written)."""
+        results: dict[str, dict] = {}
+        self.dropped = 0
+        good_end = 0
+        offset = 0
+        try:
+            data = self.results_path.read_bytes()
+        except FileNotFoundError:
+            return results
+        for raw in data.splitlines(keepends=True):
+            offset += len(raw)
+            entry = None
+            if raw.endswith(b"\n"):
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    entry = None
+            if (not isinstance(entry, dict) or not isinstance(entry.get("result"), dict)
+                    or entry.get("sha256") != _digest(entry["result"]) or not isinstance(entry.get("job"), str)):
+                self.dropped += 1
+                continue
+            results.setdefault(entry["job"], entry["result"])
+            good_end = offset
+        if good_end < len(data):  # a cut-off or damaged tail: remove it before appending
+            with open(self.results_path, "r+b") as fh:
+                fh.truncate(good_end)
+        return results
+
+    def append(self, key: str, result: dict) -> None:
+        """Append one finished job, durably (one write of the whole line, then fsync)."""
+        line = json.dumps({"job": key, "sha256": _digest(result), "result": result}, sort_keys=True) + "\n"
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            data = line.encode()
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)

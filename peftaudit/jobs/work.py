@@ -1,0 +1,87 @@
+"""One job, from plain JSON to plain JSON: what every executor runs (in this process, a spawned
+worker or a Ray task). Pure: the result depends on the plan and the job alone."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import replace
+
+from peftaudit.audit.runner import ClaimOutcome, audit_chunk, search_config
+from peftaudit.search.engine import Attempt
+from peftaudit.settings import get_profile
+
+from .plan import AuditPlan, Job
+
+
+def run_job(plan_doc: dict, job_doc: dict, progress: bool = False, log=None, claims: dict | None = None) -> dict:
+    """The result of one job as JSON-ready data. A claim job's exceptions become the claim's errors
+    (audit_chunk records them); a calibration's or a card's become {"error": traceback}. Claims
+    come from `claims` (id -> Claim, inline runs) or are loaded by id."""
+    plan, job = AuditPlan.from_json(plan_doc), Job.from_json(job_doc)
+    log = log or (lambda s: None)
+    profile = get_profile(plan.profile)
+    base = search_config(profile, job.seed, plan.device)
+    if job.kind == "claim":
+        from peftaudit.claims import get_claim
+        try:
+            claim = claims[job.name] if claims and job.name in claims else get_claim(job.name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a claim registered only in the parent process
+            return {"kind": "claim", "span": [job.start, job.stop],
+                    "errors": [f"claim {job.name!r} could not be loaded in this worker ({exc}); a claim registered "
+                               f"at run time (not by the entry point group peftaudit.claims) needs --backend inline"]}
+        outcome = audit_chunk(claim, profile, plan.seed, base, job.start, job.stop,
+                              methods=set(plan.methods) if plan.methods else None, progress=progress, log=log)
+        return outcome_to_json(outcome)
+    try:
+        if job.kind == "calibrate":
+            from peftaudit.search.calibrate import calibrate
+            log(f"calibration: {job.name} search on {profile.planted} planted instances")
+            return {"kind": "calibrate", "calibration": calibrate(job.name, profile.planted, replace(base, rounds=2),
+                                                                  progress=progress).to_json()}
+        from peftaudit.card import run_battery
+        log(f"method card: {job.name}")
+        return {"kind": "card", "card": run_battery(job.name, {}, profile, plan.seed, base,
+                                                    families=plan.card_families, log=log)}
+    except Exception:  # noqa: BLE001 - Ctrl-C and SIGTERM (BaseExceptions) pass
+        return {"kind": job.kind, "error": traceback.format_exc(limit=8)}
+
+
+# ------------------------------------------------------------------ outcomes <-> JSON
+
+def attempt_to_json(a: Attempt, with_adapter: bool) -> dict:
+    doc = {**a.to_json(), "options": dict(a.options), "tolerance": a.tolerance}
+    if with_adapter:
+        doc["adapter"] = {name: value.tolist() for name, value in a.adapter.items()}
+    return doc
+
+
+def attempt_from_json(doc: dict) -> Attempt:
+    import numpy as np
+    return Attempt(doc["instance"], doc["method"], doc["size"], doc["params"], float(doc["best_loss"]),
+                   float(doc["max_abs_error"]), bool(doc["solved"]),
+                   adapter={k: np.asarray(v, dtype=np.float64) for k, v in doc.get("adapter", {}).items()},
+                   options=dict(doc["options"]), tolerance=float(doc["tolerance"]),
+                   exact_max_error=tuple(doc["exact_max_error"]) if "exact_max_error" in doc else None)
+
+
+def outcome_to_json(o: ClaimOutcome) -> dict:
+    """A chunk's evidence; adapters and instances only where a report file needs them (counterexamples)."""
+    from peftaudit.instance import to_dict
+
+    saved = {}
+    searches = {}
+    for label, attempts in o.searches.items():
+        rows = []
+        for a in attempts:
+            keep = o.claim.kind == "cannot" and a.rigorously_solved
+            if keep:
+                saved[str(a.instance)] = to_dict(o.instances[a.instance])
+            rows.append(attempt_to_json(a, keep))
+        searches[label] = rows
+    plain = lambda runs: {k: [attempt_to_json(a, False) for a in v] for k, v in runs.items()}  # noqa: E731
+    return {"kind": "claim", "span": list(o.span), "shapes": o.shapes,
+            "vacuous": {str(i): why for i, why in o.vacuous.items()},
+            "certificates": {str(i): s for i, s in o.certificates.items()},
+            "searches": searches, "contrasts": plain(o.contrasts), "comparisons": plain(o.comparisons),
+            "errors": o.errors, "method_errors": o.method_errors, "added": o.added, "violations": o.violations,
+            "study": o.study, "instances": saved}
