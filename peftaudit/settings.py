@@ -25,7 +25,7 @@ PROFILES = {
     "quick": Profile("quick", hypothesis_examples=25, instances=6, dims=(2, 4, 8), lengths=(1, 2, 4),
                      restarts=4, steps=200, polish_steps=100, planted=32, chunk=8),
     "ci": Profile("ci", hypothesis_examples=60, instances=12, dims=(2, 4, 8), lengths=(1, 2, 4),
-                  restarts=4, steps=400, polish_steps=100, planted=96, chunk=6),
+                  restarts=4, steps=400, polish_steps=100, planted=96, chunk=4),
     "thorough": Profile("thorough", hypothesis_examples=400, instances=48, dims=(2, 4, 8, 16), lengths=(1, 2, 4, 8),
                         restarts=8, steps=1500, polish_steps=200, planted=512, chunk=16),
 }

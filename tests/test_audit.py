@@ -57,7 +57,7 @@ def test_l1_claims_are_certified_and_contrasts_succeed(tmp_path):
 
 def _outcome(kind="cannot"):
     claim = get_claim("L1")
-    return ClaimOutcome(claim=claim, instances=[object(), object()])
+    return ClaimOutcome(claim=claim, shapes=[{"d": 2, "family": None}] * 2)
 
 
 def test_decide_flags_search_results_below_a_certified_margin_as_error():
@@ -148,16 +148,27 @@ def test_jobs_give_the_same_verdicts_and_certificates(tmp_path):
     assert one.report["claims"][0]["certificates"] == two.report["claims"][0]["certificates"]
 
 
-def test_interrupt_leaves_no_report(tmp_path, monkeypatch, capsys):
-    import peftaudit.audit.api as api
+def test_interrupt_leaves_no_report_but_a_resumable_store(tmp_path, monkeypatch, capsys):
+    import peftaudit.search.calibrate as calibration
+
+    real = calibration.calibrate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(api, "calibrate", interrupted)
+    monkeypatch.setattr(calibration, "calibrate", interrupted)
     out = tmp_path / "rep"
     assert main(["audit", "--claims", "L1", "--methods", "prompt", "--out", str(out)]) == 130
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-    assert "no report was written" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["store"] and list(tmp_path.iterdir()) == [out]
+    err = capsys.readouterr().err
+    assert "no report was written" in err and f"--resume {out}" in err
+    assert main(["audit", "--out", str(out), "--claims", "L1"]) == 2   # not a new folder: it says --resume
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(calibration, "calibrate", real)
+    assert main(["audit", "--resume", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["provenance"]["executor"]["resumed"] == 1 and set(report["calibration"]) == {"prompt", "lora"}
+    assert main(["audit", "--resume", str(out)]) == 2   # finished: nothing to resume
+    assert "finished" in capsys.readouterr().err
 
 
 def test_pytest_plugin_passes_a_statement_registered_to_be_refuted(pytester):

@@ -258,7 +258,8 @@ def test_sigterm_leaves_no_partial_report(tmp_path):
     assert proc.returncode in (130, 0), err
     assert "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
-    assert proc.returncode == 0 or not out.exists()
+    # interrupted: no report, only the store that --resume goes on from
+    assert proc.returncode == 0 or sorted(p.name for p in out.iterdir()) == ["store"]
 
 
 def test_internal_errors_are_one_line_and_exit_3(tmp_path, capsys, monkeypatch):

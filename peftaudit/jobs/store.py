@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from peftaudit.errors import InputError
@@ -36,12 +37,13 @@ class ResultStore:
     # -------------------------------------------------------------- plan
     @classmethod
     def create(cls, folder: Path, plan: AuditPlan) -> "ResultStore":
+        """Write the plan and an empty results file into a hidden sibling of the out folder, then
+        rename it into place: a store is there whole or not at all."""
         folder = Path(folder)
-        folder.mkdir(parents=True)
-        tmp = folder / (PLAN_FILE + ".tmp")
-        tmp.write_text(json.dumps(plan.to_json(), indent=1) + "\n")
-        os.replace(tmp, folder / PLAN_FILE)
-        (folder / RESULTS_FILE).touch()
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent.parent, prefix=f".{folder.parent.name}.store-"))
+        (tmp / PLAN_FILE).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+        (tmp / RESULTS_FILE).touch()
+        os.replace(tmp, folder)
         return cls(folder)
 
     def plan(self) -> AuditPlan:

@@ -1,0 +1,138 @@
+"""Audits as jobs: the plan, the results store, identical reports on every backend, and
+kill-and-resume (SIGKILL at random moments, a half-written line) ending in the same report."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peftaudit.cli import main
+from peftaudit.claims import get_claim
+from peftaudit.jobs import ResultStore, plan_audit
+from peftaudit.jobs.plan import AuditPlan, chunks, job_seed
+from peftaudit.settings import get_profile
+
+# ci profile: chunks of 4 instances, so M-naive (6 instances) and P1-encoder span two jobs each; M-naive is refuted with
+# counterexamples (adapters and instances travel through the store), P1 has a study and witnesses
+AUDIT = ["--profile", "ci", "--claims", "M-naive,P1", "--no-calibration"]
+VOLATILE = ("started", "finished", "command", "executor")
+
+
+def comparable(doc):
+    """A report without its timestamps, wall times and executor note."""
+    if isinstance(doc, dict):
+        return {k: comparable(v) for k, v in doc.items() if k not in VOLATILE and "seconds" not in k}
+    if isinstance(doc, list):
+        return [comparable(v) for v in doc]
+    return doc
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "peftaudit.cli", "audit", *args]
+
+
+def report(folder) -> dict:
+    """The report, comparable across runs: its own folder's path (in replay commands) as OUT."""
+    return comparable(json.loads((folder / "report.json").read_text().replace(str(folder), "OUT")))
+
+
+# ------------------------------------------------------------------ plan and store
+
+def test_plan_splits_claims_by_profile_and_gives_every_job_its_own_seed():
+    assert chunks(12, 6, False) == [(0, 6), (6, 12)] and chunks(12, 6, True) == [(0, 12)] and chunks(0, 6, False) == [(0, 0)]
+    claims = [get_claim("M-naive"), get_claim("P1")]
+    plan = plan_audit(claims, get_profile("ci"), 7, methods=None, device="cpu", calibration=True, cards=["x"],
+                      card_families=None)
+    keys = [j.key for j in plan.jobs]
+    assert keys == ["claim:M-naive:0", "claim:M-naive:4", "claim:P1:0", "calibrate:prompt", "calibrate:lora", "card:x"]
+    assert [(j.start, j.stop) for j in plan.jobs[:3]] == [(0, 4), (4, 6), (0, 11)]  # P1 has a study: one job
+    assert len({j.seed for j in plan.jobs}) == len(plan.jobs)
+    assert job_seed(7, "claim", "M-naive", 4) == plan.jobs[1].seed and job_seed(8, "claim", "M-naive", 4) != plan.jobs[1].seed
+    assert AuditPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_store_drops_a_cut_line_and_a_tampered_one_and_keeps_the_first_result(tmp_path):
+    plan = plan_audit([get_claim("P1")], get_profile("quick"), 0, methods=None, device="cpu", calibration=False,
+                      cards=[], card_families=None)
+    store = ResultStore.create(tmp_path / "store", plan)
+    store.append("a", {"x": 1})
+    store.append("b", {"x": 2})
+    store.append("a", {"x": 3})  # a rerun of a finished job: the first stays
+    lines = store.results_path.read_bytes().splitlines(keepends=True)
+    tampered = lines[1].replace(b'"x": 2', b'"x": 5')
+    store.results_path.write_bytes(lines[0] + tampered + lines[2] + b'{"job": "c", "sha')
+    assert store.read() == {"a": {"x": 1}}
+    assert store.dropped == 2
+    assert store.results_path.read_bytes() == lines[0] + tampered + lines[2]  # the cut tail is gone
+    store.append("c", {"x": 4})
+    assert ResultStore(tmp_path / "store").read() == {"a": {"x": 1}, "c": {"x": 4}}
+
+
+# ------------------------------------------------------------------ backends and resume
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("jobs") / "inline"
+    started = time.perf_counter()
+    subprocess.run(cli(*AUDIT, "--out", str(out)), check=True, capture_output=True, timeout=600)
+    return out, time.perf_counter() - started
+
+
+def test_process_and_ray_backends_give_the_inline_report(uninterrupted, tmp_path):
+    expected = report(uninterrupted[0])
+    assert [c["verdict"] for c in expected["claims"]] == ["REFUTED", "CERTIFIED", "REFUTED"]
+    assert expected["claims"][0]["counterexamples"] and expected["claims"][0]["instances"] == 6
+    for backend in ("process", "ray"):
+        out = tmp_path / backend
+        done = subprocess.run(cli(*AUDIT, "--out", str(out), "--backend", backend, "--jobs", "2"),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]  # refuted claims here are registered to be
+        assert report(out) == expected, backend
+        executor = json.loads((out / "report.json").read_text())["provenance"]["executor"]
+        assert executor["backend"] == backend and executor["workers"] == 2
+        ce = json.loads((out / "report.json").read_text())["claims"][0]["counterexamples"][0]
+        assert main(["replay", str(out / ce["instance_file"]), str(out / ce["adapter_file"])]) == 0
+
+
+def _wait_for_results(path, lines: int, proc) -> None:
+    """Until the store holds `lines` finished jobs (or the run ended)."""
+    while proc.poll() is None and lines and (not path.exists() or path.read_bytes().count(b"\n") < lines):
+        time.sleep(0.05)
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_report(uninterrupted, tmp_path):
+    expected, seconds = report(uninterrupted[0]), uninterrupted[1] / len(("M-naive", "P1", "P1-encoder"))
+    rng = random.Random(20261127)
+    resumed = []
+    for trial, backend in enumerate(("inline", "process", "inline")):
+        out = tmp_path / f"killed-{trial}"
+        proc = subprocess.Popen(cli(*AUDIT, "--out", str(out), "--backend", backend, "--jobs",
+                                    "1" if backend == "inline" else "2"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # a random moment after the trial's number of finished jobs (0, 1, 3): early, middle, late
+        _wait_for_results(out / "store" / "results.jsonl", (0, 1, 3)[trial], proc)
+        time.sleep(rng.uniform(0.0, 0.3 * seconds))
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and any worker it spawned, no cleanup
+        proc.wait(timeout=60)
+        if (out / "report.json").exists():
+            continue  # it finished before the kill: nothing to resume
+        if not (out / "store").exists():  # killed before it planned: the folder is new or empty, run it again
+            assert not out.exists() or not any(out.iterdir())
+            subprocess.run(cli(*AUDIT, "--out", str(out)), check=True, capture_output=True, timeout=600)
+            assert report(out) == expected
+            continue
+        store = out / "store" / "results.jsonl"
+        with open(store, "ab") as fh:
+            fh.write(b'{"job": "claim:P1:0", "result": {"kind": "cla')  # a line cut short by the kill
+        done = subprocess.run(cli("--resume", str(out)), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "damaged line(s) dropped and redone" in done.stderr
+        assert report(out) == expected, f"trial {trial} ({backend})"
+        resumed.append(json.loads((out / "report.json").read_text())["provenance"]["executor"]["resumed"])
+    assert any(resumed), f"no trial was killed after a job had finished: {resumed}"
+    assert subprocess.run(cli("--resume", str(out), "--profile", "quick"), capture_output=True).returncode == 2
