@@ -177,3 +177,26 @@ def test_pytest_plugin_passes_a_statement_registered_to_be_refuted(pytester):
     result.assert_outcomes(passed=1)
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="verdict" value="REFUTED"' in junit and 'name="expected"' in junit
+
+
+def test_long_per_instance_tables_show_the_worst_and_the_median_instance():
+    from peftaudit.audit.report import markdown, shown_instances
+
+    n = 30
+    margins = [0.5 + i / 100 for i in range(n)]
+    margins[17] = 0.01  # the worst
+    claim = {"id": "X", "title": "t", "source": "s", "formalization": "f", "kind": "cannot", "verdict": "CERTIFIED",
+             "reason": "r", "instances": n, "vacuous": 0, "vacuous_reasons": {str(i): "same reason" for i in range(3)},
+             "instance_shapes": [{"d": 2, "family": None}] * n, "search": {}, "contrasts": {}, "comparisons": {},
+             "certificates": [{"instance": i, "status": "certified", "margin": m} for i, m in enumerate(margins)],
+             "counterexamples": [{"replay": f"peftaudit replay {i}", "max_abs_error": 0.0} for i in range(8)],
+             "parameters": [{"instance": i, "d": 2, "family": None, "certified_prompt_params": 4,
+                             "methods": {"prompt": {"solved_params": None, "tried_params": 8}}} for i in range(n)]}
+    keep, note = shown_instances(claim)
+    assert keep == {17, sorted(range(n), key=lambda i: margins[i])[n // 2]} and "instance 17" in note
+    text = markdown({"provenance": {"profile": "thorough", "seed": 0, "device": "cpu", "git_commit": None,
+                                    "versions": {}}, "claims": [claim], "calibration": {}})
+    rows = [line for line in text.splitlines() if line.startswith("| 1") or line.startswith("| 2")]
+    assert sorted(int(r.split("|")[1]) for r in rows) == sorted(keep)
+    assert text.count("peftaudit replay") == 5 and "and 3 more counterexamples" in text
+    assert "vacuous instances (3): same reason" in text

@@ -177,6 +177,38 @@ def figures(report: dict) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------ text reports
 
+MAX_ROWS = 24  # per-instance tables longer than this show the worst and the median instance only
+MAX_LINES = 5  # counterexample, witness and vacuous lines shown per claim (all are in report.json)
+
+
+def shown_instances(c: dict) -> tuple[set[int] | None, str]:
+    """Which instances a claim's per-instance tables show: all (None) up to MAX_ROWS; beyond, the
+    worst (smallest certified margin) and the median instance, or the first and the middle one when
+    no instance has a margin. The note says which, and that report.json has every row."""
+    n = c["instances"]
+    if n <= MAX_ROWS:
+        return None, ""
+    margins = sorted((x["margin"], x["instance"]) for x in c["certificates"] if x.get("margin") is not None)
+    if margins:
+        worst, middle = margins[0][1], margins[len(margins) // 2][1]
+        return {worst, middle}, (f"{n} instances: shown are the worst (smallest margin, instance {worst}) and the "
+                                 f"median (instance {middle}); report.json has every row.")
+    return {0, n // 2}, f"{n} instances: shown are instances 0 and {n // 2}; report.json has every row."
+
+
+def visible_rows(c: dict, rows: list) -> list:
+    """The rows of the shown instances (a row: a dict with "instance", or a list whose first cell is it)."""
+    keep, _ = shown_instances(c)
+    instance_of = lambda r: r["instance"] if isinstance(r, dict) else int(r[0])  # noqa: E731
+    return rows if keep is None else [r for r in rows if instance_of(r) in keep]
+
+
+def capped(items: list, what: str) -> tuple[list, str]:
+    """The first MAX_LINES items, and a note on the rest."""
+    rest = len(items) - MAX_LINES
+    return items[:MAX_LINES], (f"and {rest} more {what} (in report.json)" if rest > 0 else "")
+
+
 def markdown(report: dict) -> str:
     prov = report["provenance"]
     lines = ["# peftaudit report", "",
@@ -216,12 +248,13 @@ def markdown(report: dict) -> str:
         if c.get("parameters"):
             prows = c["parameters"]
             methods = sorted({m for r in prows for m in r["methods"]})
+            _, note = shown_instances(c)
             lines += ["Parameters each method needed, per instance (certified lower bound for prompts; for the "
                       "methods, the fewest trainable parameters with which search memorized, or '> n' when it "
-                      "never did up to n):", "",
+                      "never did up to n)" + (f". {note}" if note else "") + ":", "",
                       "| instance | d | family | prompt params needed (certified) | " + " | ".join(methods) + " |",
                       "|---|---|---|---|" + "---|" * len(methods)]
-            for r in prows:
+            for r in visible_rows(c, prows):
                 cells = []
                 for m in methods:
                     x = r["methods"].get(m)
@@ -242,17 +275,25 @@ def markdown(report: dict) -> str:
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
         if c.get("study"):
-            lines += study_markdown(c["study"])
-        for ce in c["counterexamples"]:
+            lines += study_markdown(c["study"], c)
+        shown, more = capped(c["counterexamples"], "counterexamples")
+        for ce in shown:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
+        lines += [f"- {more}"] if more else []
         if c["kind"] == "cannot":
-            for w in c.get("witnesses", []):
+            shown, more = capped(c.get("witnesses", []), "witnesses")
+            for w in shown:
                 lines.append(f"- counterexample witness on instance {w['instance']}, checked exactly: `{w['check']}`")
+            lines += [f"- {more}"] if more else []
         for label, trace in c.get("method_errors", {}).items():
             last = trace.strip().splitlines()[-1] if trace.strip() else ""
             lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
+        reasons: dict[str, int] = {}
         for why in c["vacuous_reasons"].values():
-            lines.append(f"- vacuous instance: {why}")
+            reasons[why] = reasons.get(why, 0) + 1
+        for why, count in reasons.items():
+            lines.append(f"- vacuous instance{'s' if count > 1 else ''}" + (f" ({count})" if count > 1 else "")
+                         + f": {why}")
     lines += card_summaries(report)
     return "\n".join(lines) + "\n"
 
@@ -274,12 +315,15 @@ def study_table(study: dict) -> tuple[str, tuple[str, ...], list[list[str]], str
     return None
 
 
-def study_markdown(study: dict) -> list[str]:
+def study_markdown(study: dict, c: dict) -> list[str]:
     table = study_table(study)
     if table is None:
         return []
     caption, headers, rows, note = table
-    lines = ["", caption, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    rows = visible_rows(c, rows)
+    shown_note = shown_instances(c)[1]
+    lines = ["", caption + (f" {shown_note}" if shown_note else ""), "", "| " + " | ".join(headers) + " |",
+             "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines + ["", note, ""]
 
@@ -307,7 +351,8 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
-    env.globals.update(study_table=study_table)
+    env.globals.update(study_table=study_table, shown_instances=shown_instances, capped=capped,
+                       visible_rows=visible_rows)
     return env.get_template("report.html.j2").render(report=report, images=images)
 
 
