@@ -18,16 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from peftaudit.audit.report import comparable
+
 BACKENDS = {"inline-1": ("inline", 1), "process-2": ("process", 2), "ray-2": ("ray", 2)}
-VOLATILE = ("started", "finished", "command", "executor")
-
-
-def comparable(doc):
-    if isinstance(doc, dict):
-        return {k: comparable(v) for k, v in doc.items() if k not in VOLATILE and "seconds" not in k}
-    if isinstance(doc, list):
-        return [comparable(v) for v in doc]
-    return doc
 
 
 def run(args, backend: str, workers: int, out: Path) -> tuple[float, dict]:
@@ -36,8 +29,7 @@ def run(args, backend: str, workers: int, out: Path) -> tuple[float, dict]:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
-    text = (out / "report.json").read_text().replace(str(out), "OUT")
-    return seconds, comparable(json.loads(text))
+    return seconds, comparable(json.loads((out / "report.json").read_text()), out)
 
 
 def main() -> None:

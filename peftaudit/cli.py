@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -574,7 +575,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if planned:
                 raise InputError("--resume", args.resume, f"no {', '.join(planned)} beside it (the unfinished "
                                                           f"audit's plan decides them)")
-            result = resume_audit(args.resume, jobs=args.jobs, backend=args.backend, address=args.address,
+            result = resume_audit(args.resume, jobs=args.jobs or os.cpu_count() or 1, backend=args.backend, address=args.address,
                                   progress=sys.stderr.isatty())
             args.profile, args.seed = result.report["provenance"]["profile"], result.report["provenance"]["seed"]
         else:
@@ -583,12 +584,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
             claims = _names(args.claims, "--claims") if args.claims is not None else None
             methods = _names(args.methods, "--methods") if args.methods is not None else None
             out = args.out or f"reports/{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{args.profile}-s{args.seed}"
-            result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods, jobs=args.jobs,
+            result = run_audit(claims, profile=args.profile, seed=args.seed, methods=methods,
+                               jobs=args.jobs or os.cpu_count() or 1,
                                backend=args.backend, address=args.address, device=args.device or "auto", out=out,
                                force=bool(args.force), calibration=not args.no_calibration,
                                progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
                                card_families=_names(args.card_families, "--card-families") if args.card_families
-                               else None)
+                               else None, threads=args.threads or 1)
     except (KeyboardInterrupt, Terminated):
         folder = args.resume or args.out
         print("peftaudit audit: interrupted; no report was written"
@@ -622,7 +624,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 RESUME_FIXED = ("profile", "seed", "claims", "methods", "device", "out", "force", "no_calibration", "no_cards",
-                "card_families")
+                "card_families", "threads")
 
 
 def _register_audit(sub: argparse._SubParsersAction) -> None:
@@ -634,10 +636,14 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cards", action="store_true", default=None, help="no method cards for the methods --methods adds")
     p.add_argument("--card-families", help="the cards' families (comma-separated; default: all)")
     p.add_argument("--seed", type=_seed, default=None, help="default 0")
-    p.add_argument("--jobs", type=_positive_int, default=1, help="workers running the audit's jobs (default 1)")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="workers running the audit's jobs (default: the number of CPUs)")
     p.add_argument("--backend", choices=["auto", "inline", "process", "ray"], default="auto",
                    help="who runs the jobs: inline (here), process (a local pool of --jobs spawned workers), ray "
                         "(Ray tasks; a local Ray with --jobs CPUs, or --address); auto: inline for --jobs 1, else process")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads of every job, on every backend (default 1: workers share the cores); "
+                        "float results can depend on it, so it is part of the plan")
     p.add_argument("--address", help="with --backend ray: a running Ray cluster's address (default: start one here)")
     p.add_argument("--resume", metavar="DIR", help="finish the unfinished audit in DIR (its plan decides the claims, "
                                                    "profile, seed, methods and device; finished jobs are not rerun)")

@@ -28,7 +28,7 @@ def false_claim():
 
 def test_planted_false_claim_is_refuted_with_a_replayable_counterexample(tmp_path, false_claim, capsys):
     out = tmp_path / "rep"
-    code = main(["audit", "--claims", "FALSE-P2", "--no-calibration", "--out", str(out)])
+    code = main(["audit", "--claims", "FALSE-P2", "--no-calibration", "--out", str(out), "--jobs", "1"])
     assert code == 1
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
@@ -157,7 +157,8 @@ def test_interrupt_leaves_no_report_but_a_resumable_store(tmp_path, monkeypatch,
         raise KeyboardInterrupt
     monkeypatch.setattr(calibration, "calibrate", interrupted)
     out = tmp_path / "rep"
-    assert main(["audit", "--claims", "L1", "--methods", "prompt", "--out", str(out)]) == 130
+    # inline (--jobs 1): the patched calibrate is this process's
+    assert main(["audit", "--claims", "L1", "--methods", "prompt", "--out", str(out), "--jobs", "1"]) == 130
     assert sorted(p.name for p in out.iterdir()) == ["store"] and list(tmp_path.iterdir()) == [out]
     err = capsys.readouterr().err
     assert "no report was written" in err and f"--resume {out}" in err

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from peftaudit.audit.report import comparable
 from peftaudit.cli import main
 from peftaudit.claims import get_claim
 from peftaudit.jobs import ResultStore, plan_audit
@@ -20,16 +21,6 @@ from peftaudit.settings import get_profile
 # ci profile: chunks of 4 instances, so M-naive (6 instances) and P1-encoder span two jobs each; M-naive is refuted with
 # counterexamples (adapters and instances travel through the store), P1 has a study and witnesses
 AUDIT = ["--profile", "ci", "--claims", "M-naive,P1", "--no-calibration"]
-VOLATILE = ("started", "finished", "command", "executor")
-
-
-def comparable(doc):
-    """A report without its timestamps, wall times and executor note."""
-    if isinstance(doc, dict):
-        return {k: comparable(v) for k, v in doc.items() if k not in VOLATILE and "seconds" not in k}
-    if isinstance(doc, list):
-        return [comparable(v) for v in doc]
-    return doc
 
 
 def cli(*args: str) -> list[str]:
@@ -37,8 +28,8 @@ def cli(*args: str) -> list[str]:
 
 
 def report(folder) -> dict:
-    """The report, comparable across runs: its own folder's path (in replay commands) as OUT."""
-    return comparable(json.loads((folder / "report.json").read_text().replace(str(folder), "OUT")))
+    """The report, comparable across runs (audit/report.comparable)."""
+    return comparable(json.loads((folder / "report.json").read_text()), folder)
 
 
 # ------------------------------------------------------------------ plan and store
@@ -79,7 +70,7 @@ def test_store_drops_a_cut_line_and_a_tampered_one_and_keeps_the_first_result(tm
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("jobs") / "inline"
     started = time.perf_counter()
-    subprocess.run(cli(*AUDIT, "--out", str(out)), check=True, capture_output=True, timeout=600)
+    subprocess.run(cli(*AUDIT, "--out", str(out), "--jobs", "1"), check=True, capture_output=True, timeout=600)
     return out, time.perf_counter() - started
 
 
@@ -136,3 +127,27 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_report(uninterrupt
         resumed.append(json.loads((out / "report.json").read_text())["provenance"]["executor"]["resumed"])
     assert any(resumed), f"no trial was killed after a job had finished: {resumed}"
     assert subprocess.run(cli("--resume", str(out), "--profile", "quick"), capture_output=True).returncode == 2
+
+
+def test_the_plan_fixes_torch_threads_whatever_the_worker_has():
+    """Float results of full fine-tuning on M's instances depend on the torch thread count (seen on
+    the development machine), so every job runs with the plan's count: a worker's own default
+    changes nothing, and the worker gets its own count back."""
+    import torch
+    from dataclasses import replace
+
+    from peftaudit.jobs.work import run_job
+
+    claim = replace(get_claim("M"), certify=None)  # the search alone
+    plan = plan_audit([claim], get_profile("quick"), 0, methods=["full"], device="cpu", calibration=False, cards=[],
+                      card_families=None, threads=2)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for own in (1, 2):
+            torch.set_num_threads(own)
+            results.append(run_job(plan.to_json(), plan.jobs[0].to_json(), claims={"M": claim}))
+            assert torch.get_num_threads() == own
+    finally:
+        torch.set_num_threads(before)
+    assert results[0]["contrasts"] and results[0] == results[1]

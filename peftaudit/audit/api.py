@@ -76,14 +76,15 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
               methods: Sequence[str] | None = None, jobs: int = 1, backend: str = "auto", address: str | None = None,
               device: str = "auto", out: str | Path | None = None, force: bool = False, calibration: bool = True,
               progress: bool = True, quiet: bool = False, argv: Sequence[str] = (), cards: bool = True,
-              card_families: Sequence[str] | None = None) -> AuditResult:
+              card_families: Sequence[str] | None = None, threads: int = 1) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
 
     `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
     a previous peftaudit report, which is set aside and removed once the new report is in place.
     `jobs` workers run the jobs: backend "auto" is inline for one, a spawned process pool for more;
     "ray" runs them on Ray (a local Ray, or the cluster at `address`). With `cards`, every method
-    in `methods` that is not built in (a plugin, a peft guest) also gets its method card."""
+    in `methods` that is not built in (a plugin, a peft guest) also gets its method card. Every job
+    runs with `threads` torch threads, on every backend, so the report does not depend on either."""
     from peftaudit.claims import claim_ids, expand_claims
     from peftaudit.jobs import ResultStore, plan_audit
 
@@ -97,7 +98,7 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     dev = resolve_device(device)
     added = [m for m in methods or () if m not in BUILTIN_METHODS] if cards else []
     plan = plan_audit(resolved, prof, seed, methods=methods, device=str(dev), calibration=calibration, cards=added,
-                      card_families=card_families, argv=argv)
+                      card_families=card_families, argv=argv, threads=threads)
     store, out_dir = None, None
     if out is not None:
         out_dir = Path(out)

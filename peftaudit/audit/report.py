@@ -43,6 +43,23 @@ def provenance(seed: int, profile: str, device: str, argv: list[str]) -> dict:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+VOLATILE = ("started", "finished", "command", "executor")  # what may differ between runs of one plan
+
+
+def comparable(report: dict, folder: str | Path | None = None) -> dict:
+    """The report without what legitimately differs between two runs of the same plan (timestamps,
+    wall times, the command line, the executor note), its own folder's path read as OUT: two
+    backends, worker counts or a resumed run must agree on the rest exactly."""
+    if folder is not None:
+        report = json.loads(json.dumps(report).replace(json.dumps(str(folder))[1:-1], "OUT"))
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in VOLATILE and "seconds" not in k}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+    return strip(report)
+
+
 def _attempt_rows(attempts) -> list[dict]:
     return [{"instance": a.instance, "size": a.size, "params": a.params, "best_loss": finite(a.best_loss),
              "max_abs_error": finite(a.max_abs_error), "solved": a.solved} for a in attempts]

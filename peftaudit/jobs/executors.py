@@ -5,7 +5,6 @@ child); ray runs them as Ray tasks, on a local Ray started here or on a cluster 
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterable
 
 from peftaudit.errors import InputError, PeftauditError
@@ -14,11 +13,6 @@ from .work import run_job
 
 BACKENDS = ("inline", "process", "ray")
 OnResult = Callable[[dict, dict], None]   # (job JSON, result JSON)
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
 
 
 def _logged_job(plan_doc: dict, job_doc: dict, verbose: bool) -> dict:
@@ -38,9 +32,7 @@ def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, worker
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         pending = {pool.submit(_logged_job, plan_doc, job, verbose): job for job in jobs}
         while pending:
