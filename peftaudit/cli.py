@@ -590,7 +590,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                force=bool(args.force), calibration=not args.no_calibration,
                                progress=sys.stderr.isatty(), argv=sys.argv[1:], cards=not args.no_cards,
                                card_families=_names(args.card_families, "--card-families") if args.card_families
-                               else None, threads=args.threads or 1)
+                               else None, threads=args.threads or 1, instances=args.instances)
     except (KeyboardInterrupt, Terminated):
         folder = args.resume or args.out
         print("peftaudit audit: interrupted; no report was written"
@@ -624,7 +624,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 RESUME_FIXED = ("profile", "seed", "claims", "methods", "device", "out", "force", "no_calibration", "no_cards",
-                "card_families", "threads")
+                "card_families", "threads", "instances")
 
 
 def _register_audit(sub: argparse._SubParsersAction) -> None:
@@ -641,6 +641,8 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["auto", "inline", "process", "ray"], default="auto",
                    help="who runs the jobs: inline (here), process (a local pool of --jobs spawned workers), ray "
                         "(Ray tasks; a local Ray with --jobs CPUs, or --address); auto: inline for --jobs 1, else process")
+    p.add_argument("--instances", type=_positive_int, default=None,
+                   help="instances per claim, overriding the profile's (claims with a fixed list, like U, keep theirs)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads of every job, on every backend (default 1: workers share the cores); "
                         "float results can depend on it, so it is part of the plan")

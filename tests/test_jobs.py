@@ -151,3 +151,19 @@ def test_the_plan_fixes_torch_threads_whatever_the_worker_has():
     finally:
         torch.set_num_threads(before)
     assert results[0]["contrasts"] and results[0] == results[1]
+
+
+def test_certificates_leave_the_lines_for_files_checked_by_their_sha256(tmp_path):
+    from peftaudit.errors import PeftauditError
+
+    plan = plan_audit([get_claim("P1")], get_profile("quick"), 0, methods=None, device="cpu", calibration=False,
+                      cards=[], card_families=None)
+    store = ResultStore.create(tmp_path / "store", plan)
+    result = {"kind": "claim", "claim": "P1", "certificates": {"3": {"status": "certified", "certificate": {"a": [1]}},
+                                                               "4": {"status": "not-certified"}}}
+    kept = store.keep_certificates(result)
+    assert "certificate" not in kept["certificates"]["3"] and kept["certificates"]["4"] == {"status": "not-certified"}
+    assert json.loads(store.certificate(kept["certificates"]["3"])) == {"a": [1]}
+    (tmp_path / "store" / kept["certificates"]["3"]["certificate_stored"]).write_text('{"a": [2]}')
+    with pytest.raises(PeftauditError, match="SHA-256"):
+        store.certificate(kept["certificates"]["3"])

@@ -76,7 +76,8 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
               methods: Sequence[str] | None = None, jobs: int = 1, backend: str = "auto", address: str | None = None,
               device: str = "auto", out: str | Path | None = None, force: bool = False, calibration: bool = True,
               progress: bool = True, quiet: bool = False, argv: Sequence[str] = (), cards: bool = True,
-              card_families: Sequence[str] | None = None, threads: int = 1) -> AuditResult:
+              card_families: Sequence[str] | None = None, threads: int = 1,
+              instances: int | None = None) -> AuditResult:
     """Audit claims (ids or Claim objects; default: every registered claim) and write a report.
 
     `out` is checked before any work (audit/outdir.py): it must be new or empty, or with `force`
@@ -84,7 +85,8 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     `jobs` workers run the jobs: backend "auto" is inline for one, a spawned process pool for more;
     "ray" runs them on Ray (a local Ray, or the cluster at `address`). With `cards`, every method
     in `methods` that is not built in (a plugin, a peft guest) also gets its method card. Every job
-    runs with `threads` torch threads, on every backend, so the report does not depend on either."""
+    runs with `threads` torch threads, on every backend, so the report does not depend on either.
+    `instances` overrides the profile's instances per claim (claims with a fixed list draw theirs)."""
     from peftaudit.claims import claim_ids, expand_claims
     from peftaudit.jobs import ResultStore, plan_audit
 
@@ -98,7 +100,7 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     dev = resolve_device(device)
     added = [m for m in methods or () if m not in BUILTIN_METHODS] if cards else []
     plan = plan_audit(resolved, prof, seed, methods=methods, device=str(dev), calibration=calibration, cards=added,
-                      card_families=card_families, argv=argv, threads=threads)
+                      card_families=card_families, argv=argv, threads=threads, instances=instances)
     store, out_dir = None, None
     if out is not None:
         out_dir = Path(out)
@@ -143,9 +145,10 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
 
     def finished(job_doc: dict, result: dict) -> None:
         key = Job.from_json(job_doc).key
-        results[key] = result
         if store is not None:
+            result = store.keep_certificates(result)  # certificates to files, before the line
             store.append(key, result)
+        results[key] = result
         bars.done(key, result)
 
     inline_claims = {c.id: c for c in claims} if backend == "inline" else None
@@ -164,5 +167,5 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
         from peftaudit.card.battery import card_folder
         report["cards"] = {m: {"folder": f"cards/{card_folder(m)}", "card": card} for m, card in cards.items()}
     if out_dir is not None:
-        write_report(report, outcomes, out_dir)
+        write_report(report, outcomes, out_dir, store=store)
     return AuditResult(report, outcomes, out_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -43,6 +44,13 @@ def provenance(seed: int, profile: str, device: str, argv: list[str]) -> dict:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+STORE_KEYS = ("certificate", "certificate_stored", "certificate_sha256")  # where a certificate is, not data
+
+
+def has_certificate(summary: dict) -> bool:
+    return "certificate" in summary or "certificate_stored" in summary
+
+
 VOLATILE = ("started", "finished", "command", "executor")  # what may differ between runs of one plan
 
 
@@ -67,8 +75,8 @@ def _attempt_rows(attempts) -> list[dict]:
 
 def claim_json(o: ClaimOutcome) -> dict:
     c = o.claim
-    certs = [{"instance": i, **{k: v for k, v in s.items() if k != "certificate"},
-              "certificate_file": f"certificates/{c.id}-{i}.json" if "certificate" in s else None}
+    certs = [{"instance": i, **{k: v for k, v in s.items() if k not in STORE_KEYS},
+              "certificate_file": f"certificates/{c.id}-{i}.json" if has_certificate(s) else None}
              for i, s in sorted(o.certificates.items())]
     out = {
         "id": c.id, "title": c.title, "source": c.source, "formalization": c.formalization, "kind": c.kind,
@@ -375,9 +383,18 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
 # ------------------------------------------------------------------ writing
 
-def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> Path:
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second copy on disk), or a copy where the file system has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, store=None) -> Path:
     """Write the whole report atomically: into a temporary sibling, which then takes the place of
-    the run's out_dir (its store/ moved along; audit/outdir.install_run)."""
+    the run's out_dir (its store/ moved along; audit/outdir.install_run). Certificates come from
+    the outcomes, or from `store`'s files (checked against their recorded SHA-256)."""
     from .outdir import install_run
 
     out_dir = Path(out_dir)
@@ -386,9 +403,14 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path) -> P
     try:
         for o, c in zip(outcomes, report["claims"]):
             for i, summary in o.certificates.items():
-                if "certificate" in summary:
+                if has_certificate(summary):
                     (tmp / "certificates").mkdir(exist_ok=True)
-                    (tmp / "certificates" / f"{o.claim.id}-{i}.json").write_text(json.dumps(summary["certificate"]))
+                    target = tmp / "certificates" / f"{o.claim.id}-{i}.json"
+                    if "certificate" in summary:
+                        target.write_text(json.dumps(summary["certificate"]))
+                    else:
+                        store.certificate(summary)  # checked against its SHA-256 first
+                        link_or_copy(store.folder / summary["certificate_stored"], target)
                     if o.claim.evidence == "witness" and summary["status"] == "certified":
                         c.setdefault("witnesses", []).append({
                             "instance": i, "certificate_file": f"certificates/{o.claim.id}-{i}.json",

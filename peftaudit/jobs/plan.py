@@ -19,6 +19,7 @@ from peftaudit.errors import InputError
 from peftaudit.settings import Profile
 
 PLAN_SCHEMA = "peftaudit.plan/1"
+MAX_INSTANCES = 100_000   # --instances: per claim
 KINDS = ("claim", "calibrate", "card")
 
 
@@ -55,6 +56,7 @@ class AuditPlan:
     card_families: tuple[str, ...] | None
     argv: tuple[str, ...] = ()
     threads: int = 1       # torch threads every job runs with, on every backend (results depend on it)
+    instances: int | None = None  # instances per claim, overriding the profile's (None: the profile's)
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     jobs: tuple[Job, ...] = ()
 
@@ -71,10 +73,19 @@ class AuditPlan:
             return AuditPlan(profile=doc["profile"], seed=int(doc["seed"]), claims=tuple(doc["claims"]),
                              methods=tup(doc["methods"]), device=doc["device"], calibration=bool(doc["calibration"]),
                              cards=bool(doc["cards"]), card_families=tup(doc["card_families"]),
-                             argv=tuple(doc["argv"]), threads=int(doc["threads"]), started=doc["started"],
+                             argv=tuple(doc["argv"]), threads=int(doc["threads"]),
+                             instances=None if doc["instances"] is None else int(doc["instances"]),
+                             started=doc["started"],
                              jobs=tuple(Job.from_json(j) for j in doc["jobs"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError("plan", str(doc)[:80], f"a complete {PLAN_SCHEMA} document ({exc})") from None
+
+    def profile_settings(self) -> Profile:
+        """The profile the jobs run with: the named one, with `instances` overridden when set."""
+        from dataclasses import replace
+        from peftaudit.settings import get_profile
+        profile = get_profile(self.profile)
+        return profile if self.instances is None else replace(profile, instances=self.instances)
 
     def jobs_of(self, kind: str, name: str) -> list[Job]:
         return [j for j in self.jobs if j.kind == kind and j.name == name]
@@ -96,7 +107,7 @@ def chunks(count: int, size: int, single: bool) -> list[tuple[int, int]]:
 
 def plan_audit(claims: Sequence, profile: Profile, seed: int, *, methods: Sequence[str] | None, device: str,
                calibration: bool, cards: Sequence[str], card_families: Sequence[str] | None,
-               argv: Sequence[str] = (), threads: int = 1) -> AuditPlan:
+               argv: Sequence[str] = (), threads: int = 1, instances: int | None = None) -> AuditPlan:
     """The jobs of an audit: each claim's draw in chunks of profile.chunk instances (a claim with a
     study in one), then a calibration per method, then a card per added method. `threads`: the
     torch threads of every job, part of the plan because float results of large products can
@@ -104,6 +115,11 @@ def plan_audit(claims: Sequence, profile: Profile, seed: int, *, methods: Sequen
     share the cores (2 workers of 2 threads on 2 cores ran the quick audit 4x slower)."""
     if threads < 1:
         raise InputError("threads", threads, "a positive number of torch threads per job")
+    if instances is not None:
+        if not 1 <= instances <= MAX_INSTANCES:
+            raise InputError("instances", instances, f"a number of instances per claim in 1..{MAX_INSTANCES}")
+        from dataclasses import replace
+        profile = replace(profile, instances=instances)
     from peftaudit.search.calibrate import CALIBRATION_METHODS
 
     jobs: list[Job] = []
@@ -117,6 +133,7 @@ def plan_audit(claims: Sequence, profile: Profile, seed: int, *, methods: Sequen
     if calibration:
         jobs += [Job("calibrate", m, job_seed(seed, "calibrate", m)) for m in CALIBRATION_METHODS]
     jobs += [Job("card", m, job_seed(seed, "card", m)) for m in cards]
-    return AuditPlan(profile.name, seed, tuple(c.id for c in claims), None if methods is None else tuple(methods),
+    plan = AuditPlan(profile.name, seed, tuple(c.id for c in claims), None if methods is None else tuple(methods),
                      device, calibration, bool(cards), None if card_families is None else tuple(card_families),
-                     tuple(argv), threads, jobs=tuple(jobs))
+                     tuple(argv), threads, instances, jobs=tuple(jobs))
+    return plan

@@ -4,6 +4,10 @@ Each line is {"job": key, "sha256": digest of the result's canonical JSON, "resu
 that is cut short (a kill while writing), does not parse, or fails its digest is dropped when the
 store is read, and the file is truncated back to the last good line before anything is appended,
 so the job is simply run again. The first good line of a job wins.
+
+Certificates (the bulk of a result) go to files of their own, store/certificates/CLAIM-I.json,
+written whole before their job's line, which keeps only the file's name and SHA-256: the lines
+and the audit's memory stay small however many instances an audit has.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from peftaudit.errors import InputError
+from peftaudit.errors import InputError, PeftauditError
 
 from .plan import AuditPlan
 
 PLAN_FILE = "plan.json"
 RESULTS_FILE = "results.jsonl"
+CERTIFICATES = "certificates"
 
 
 def _digest(result: dict) -> str:
@@ -85,6 +90,32 @@ class ResultStore:
             with open(self.results_path, "r+b") as fh:
                 fh.truncate(good_end)
         return results
+
+    def keep_certificates(self, result: dict) -> dict:
+        """The result with each certificate written to its file and replaced by the file's name and
+        SHA-256 ("certificate_stored", "certificate_sha256"); other results unchanged."""
+        from peftaudit.instance import atomic_write_bytes
+
+        if result.get("kind") != "claim" or not result.get("certificates"):
+            return result
+        summaries = {}
+        for i, summary in result["certificates"].items():
+            if "certificate" in summary:
+                data = json.dumps(summary["certificate"]).encode()
+                name = f"{CERTIFICATES}/{result['claim']}-{i}.json"
+                atomic_write_bytes(self.folder / name, data)
+                summary = {k: v for k, v in summary.items() if k != "certificate"}
+                summary.update(certificate_stored=name, certificate_sha256=hashlib.sha256(data).hexdigest())
+            summaries[i] = summary
+        return {**result, "certificates": summaries}
+
+    def certificate(self, summary: dict) -> bytes:
+        """A stored certificate's bytes, checked against the SHA-256 its job's line recorded."""
+        data = (self.folder / summary["certificate_stored"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != summary["certificate_sha256"]:
+            raise PeftauditError(f"store: {summary['certificate_stored']} does not match the SHA-256 its job "
+                                 "recorded (changed after it was written)")
+        return data
 
     def append(self, key: str, result: dict) -> None:
         """Append one finished job, durably (one write of the whole line, then fsync)."""

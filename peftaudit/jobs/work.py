@@ -8,7 +8,6 @@ from dataclasses import replace
 
 from peftaudit.audit.runner import ClaimOutcome, audit_chunk, search_config
 from peftaudit.search.engine import Attempt
-from peftaudit.settings import get_profile
 
 from .plan import AuditPlan, Job
 
@@ -29,7 +28,7 @@ def run_job(plan_doc: dict, job_doc: dict, progress: bool = False, log=None, cla
 
 
 def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) -> dict:
-    profile = get_profile(plan.profile)
+    profile = plan.profile_settings()
     base = search_config(profile, job.seed, plan.device)
     if job.kind == "claim":
         from peftaudit.claims import get_claim
@@ -89,7 +88,7 @@ def outcome_to_json(o: ClaimOutcome) -> dict:
             rows.append(attempt_to_json(a, keep))
         searches[label] = rows
     plain = lambda runs: {k: [attempt_to_json(a, False) for a in v] for k, v in runs.items()}  # noqa: E731
-    return {"kind": "claim", "span": list(o.span), "shapes": o.shapes,
+    return {"kind": "claim", "claim": o.claim.id, "span": list(o.span), "shapes": o.shapes,
             "vacuous": {str(i): why for i, why in o.vacuous.items()},
             "certificates": {str(i): s for i, s in o.certificates.items()},
             "searches": searches, "contrasts": plain(o.contrasts), "comparisons": plain(o.comparisons),
