@@ -1,7 +1,8 @@
 """Peak memory and store growth of one audit run: the whole process tree (the CLI, its workers, a
 local Ray's daemons and workers) sampled twice a second.
 
-Run by hand: `python benchmarks/audit_memory.py -- --profile thorough --backend ray --jobs 2 --out DIR`
+Needs psutil (the test extra brings it: peft depends on it). Run by hand:
+`python benchmarks/audit_memory.py -- --profile thorough --backend ray --jobs 2 --out DIR`
 (everything after `--` goes to `peftaudit audit`; --out is required, to measure its store). Prints
 the wall time, the peak resident memory of the tree and of its largest process, the store's size
 and lines, and one JSON line.
