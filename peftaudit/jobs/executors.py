@@ -15,6 +15,12 @@ BACKENDS = ("inline", "process", "ray")
 OnResult = Callable[[dict, dict], None]   # (job JSON, result JSON)
 
 
+def _ignore_ctrl_c() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them (no traceback from each worker)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _logged_job(plan_doc: dict, job_doc: dict, verbose: bool) -> dict:
     from peftaudit.audit.runner import log_stderr
     return run_job(plan_doc, job_doc, log=log_stderr if verbose else None)
@@ -32,7 +38,8 @@ def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, worker
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_ctrl_c)
     try:
         pending = {pool.submit(_logged_job, plan_doc, job, verbose): job for job in jobs}
         while pending:
