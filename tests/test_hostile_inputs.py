@@ -256,7 +256,7 @@ def test_sigterm_leaves_no_partial_report(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (130, 0), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "Warning" not in err  # the killed pool's workers leave no noise
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     # interrupted: no report, only the store that --resume goes on from
     assert proc.returncode == 0 or sorted(p.name for p in out.iterdir()) == ["store"]

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peftaudit.audit.runner import ClaimOutcome, decide
+from peftaudit.audit.runner import ClaimOutcome, decide, shape
 from peftaudit.claims import get_claim
 from peftaudit.instance import from_dict, to_dict
 from peftaudit.models.methods import get_method
@@ -63,7 +63,7 @@ def test_float_memorization_of_a_rounded_input_is_not_a_refutation():
     lo, hi = rigorous_replay(method, inst, {"prompt": prompt})
     assert err == 0.0 and lo >= 0.5  # float64 says "memorized"; the exact model is off by about 1
     attempt = Attempt(0, "prompt", 1, 3, loss, err, True, {"prompt": prompt}, exact_max_error=(lo, hi))
-    outcome = ClaimOutcome(claim=get_claim("L1"), instances=[inst])
+    outcome = ClaimOutcome(claim=get_claim("L1"), instances=[inst], shapes=[shape(inst)])
     outcome.searches = {"prompt": [attempt]}
     decide(outcome)
     assert outcome.verdict != "REFUTED" and "not confirmed" in outcome.reason

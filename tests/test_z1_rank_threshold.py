@@ -7,7 +7,7 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from peftaudit.linear_instance import LinearInstance, digest, to_dict
@@ -174,7 +174,11 @@ def test_no_search_result_falls_below_a_certified_bound(seed, shape, data):
     D, L = shape
     rank_e = data.draw(st.integers(L + 1, D))  # threshold >= 2: there is a rank below it
     inst = z1_instance(np.random.default_rng(seed), D, L, rank_e)
-    cert = certify_z1(inst).certificate
-    lower = check_certificate(cert).result.facts["lower"]
+    result = certify_z1(inst)
+    # a rare draw is "unknown" (seed 600, (4, 3), rank 4: the construction at R0 + 1 is not proved
+    # within 1e-13); only certified bounds are at stake here
+    assume(result.status == "certified")
+    lower = check_certificate(result.certificate).result.facts["lower"]
+    cert = result.certificate
     err, factors = search(list(inst.layers), inst.target, cert["rank"], restarts=2, steps=30, seed=seed)
     assert np.linalg.norm(adapted_error(list(inst.layers), inst.target, factors), 2) >= lower * (1 - 1e-12)

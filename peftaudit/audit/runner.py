@@ -277,15 +277,6 @@ def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, s
     return outcome
 
 
-def audit_claim(claim: Claim, profile: Profile, seed: int, base: SearchConfig, *, methods: set[str] | None = None,
-                progress: bool = True, log: Callable[[str], None] = lambda s: None) -> ClaimOutcome:
-    """One claim in one piece, decided (the audit itself goes through jobs: peftaudit/jobs)."""
-    outcome = audit_chunk(claim, profile, seed, base, methods=methods, progress=progress, log=log)
-    decide(outcome)
-    log(f"{claim.id}: {outcome.verdict}")
-    return outcome
-
-
 def search_config(profile: Profile, seed: int, device: str) -> SearchConfig:
     return SearchConfig(restarts=profile.restarts, steps=profile.steps, polish_steps=profile.polish_steps,
                         seed=seed, device=device, rounds=1, tolerance=SOLVED_MAX_ERROR)

@@ -5,6 +5,7 @@ child); ray runs them as Ray tasks, on a local Ray started here or on a cluster 
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
 from peftaudit.errors import InputError, PeftauditError
@@ -33,11 +34,29 @@ def run_inline(plan_doc: dict, jobs: Iterable[dict], on_result: OnResult, *, pro
         on_result(job, run_job(plan_doc, job, progress=progress, log=log_stderr if verbose else None, claims=claims))
 
 
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker without its shutdown warning: after the pool is
+    stopped on Ctrl-C or SIGTERM it would report the killed workers' queue semaphores as leaked,
+    a warning that means nothing to the user (the tracker cleans them up)."""
+    from multiprocessing import resource_tracker
+
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore::UserWarning:multiprocessing.resource_tracker"
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
 def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int, verbose: bool) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    _quiet_resource_tracker()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_ignore_ctrl_c)
     try:
@@ -55,7 +74,7 @@ def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, worker
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):  # no orphans on Ctrl-C or an error
             proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # joins the dead workers: their queues are released
         raise
     pool.shutdown()
 

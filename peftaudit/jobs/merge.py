@@ -30,7 +30,6 @@ def merge_claim(claim: Claim, results: list[dict]) -> ClaimOutcome:
         o.violations.extend(r.get("violations", []))
         o.study = r.get("study") or o.study
         o.instances.update({int(i): from_dict(doc) for i, doc in r.get("instances", {}).items()})
-    o.span = (0, len(o.shapes))
     decide(o)
     return o
 

@@ -68,6 +68,8 @@ class AuditPlan:
     def from_json(doc: object) -> "AuditPlan":
         if not isinstance(doc, dict) or doc.get("schema") != PLAN_SCHEMA:
             raise InputError("plan", str(doc)[:80], f"a {PLAN_SCHEMA} document (store/plan.json of an audit)")
+        from peftaudit.settings import get_profile
+        get_profile(doc.get("profile"))  # an unknown profile is refused here, naming the known ones
         try:
             tup = lambda x: None if x is None else tuple(x)  # noqa: E731
             return AuditPlan(profile=doc["profile"], seed=int(doc["seed"]), claims=tuple(doc["claims"]),
@@ -79,6 +81,7 @@ class AuditPlan:
                              jobs=tuple(Job.from_json(j) for j in doc["jobs"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError("plan", str(doc)[:80], f"a complete {PLAN_SCHEMA} document ({exc})") from None
+
 
     def profile_settings(self) -> Profile:
         """The profile the jobs run with: the named one, with `instances` overridden when set."""
