@@ -167,3 +167,12 @@ def test_certificates_leave_the_lines_for_files_checked_by_their_sha256(tmp_path
     (tmp_path / "store" / kept["certificates"]["3"]["certificate_stored"]).write_text('{"a": [2]}')
     with pytest.raises(PeftauditError, match="SHA-256"):
         store.certificate(kept["certificates"]["3"])
+
+
+def test_ray_backend_without_ray_is_bad_input_naming_the_extra(monkeypatch):
+    from peftaudit.audit import run_audit
+    from peftaudit.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(InputError, match=r"\.\[ray\]"):
+        run_audit(["P1-encoder"], backend="ray", jobs=2, calibration=False, progress=False, quiet=True)
