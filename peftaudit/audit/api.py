@@ -8,7 +8,7 @@ the stored results alone. `resume` picks up an unfinished out folder and runs wh
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -153,7 +153,8 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
 
     inline_claims = {c.id: c for c in claims} if backend == "inline" else None
     try:
-        execute(backend, plan.to_json(), [j.to_json() for j in todo], finished, workers=workers, address=address,
+        # each job gets the plan's settings, not its whole job list (parsed again for every job)
+        execute(backend, replace(plan, jobs=()).to_json(), [j.to_json() for j in todo], finished, workers=workers, address=address,
                 progress=progress, verbose=not quiet, claims=inline_claims)
     finally:
         bars.close()

@@ -9,14 +9,14 @@ the same. Seeds come from numpy's SeedSequence keyed by the job, so any job reru
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Sequence
 
 import numpy as np
 
 from peftaudit.errors import InputError
-from peftaudit.settings import Profile
+from peftaudit.settings import Profile, get_profile
 
 PLAN_SCHEMA = "peftaudit.plan/1"
 MAX_INSTANCES = 100_000   # --instances: per claim
@@ -51,8 +51,6 @@ class AuditPlan:
     claims: tuple[str, ...]
     methods: tuple[str, ...] | None
     device: str
-    calibration: bool
-    cards: bool
     card_families: tuple[str, ...] | None
     argv: tuple[str, ...] = ()
     threads: int = 1       # torch threads every job runs with, on every backend (results depend on it)
@@ -68,13 +66,12 @@ class AuditPlan:
     def from_json(doc: object) -> "AuditPlan":
         if not isinstance(doc, dict) or doc.get("schema") != PLAN_SCHEMA:
             raise InputError("plan", str(doc)[:80], f"a {PLAN_SCHEMA} document (store/plan.json of an audit)")
-        from peftaudit.settings import get_profile
         get_profile(doc.get("profile"))  # an unknown profile is refused here, naming the known ones
         try:
             tup = lambda x: None if x is None else tuple(x)  # noqa: E731
             return AuditPlan(profile=doc["profile"], seed=int(doc["seed"]), claims=tuple(doc["claims"]),
-                             methods=tup(doc["methods"]), device=doc["device"], calibration=bool(doc["calibration"]),
-                             cards=bool(doc["cards"]), card_families=tup(doc["card_families"]),
+                             methods=tup(doc["methods"]), device=doc["device"],
+                             card_families=tup(doc["card_families"]),
                              argv=tuple(doc["argv"]), threads=int(doc["threads"]),
                              instances=None if doc["instances"] is None else int(doc["instances"]),
                              started=doc["started"],
@@ -85,8 +82,6 @@ class AuditPlan:
 
     def profile_settings(self) -> Profile:
         """The profile the jobs run with: the named one, with `instances` overridden when set."""
-        from dataclasses import replace
-        from peftaudit.settings import get_profile
         profile = get_profile(self.profile)
         return profile if self.instances is None else replace(profile, instances=self.instances)
 
@@ -121,7 +116,6 @@ def plan_audit(claims: Sequence, profile: Profile, seed: int, *, methods: Sequen
     if instances is not None:
         if not 1 <= instances <= MAX_INSTANCES:
             raise InputError("instances", instances, f"a number of instances per claim in 1..{MAX_INSTANCES}")
-        from dataclasses import replace
         profile = replace(profile, instances=instances)
     from peftaudit.search.calibrate import CALIBRATION_METHODS
 
@@ -136,7 +130,6 @@ def plan_audit(claims: Sequence, profile: Profile, seed: int, *, methods: Sequen
     if calibration:
         jobs += [Job("calibrate", m, job_seed(seed, "calibrate", m)) for m in CALIBRATION_METHODS]
     jobs += [Job("card", m, job_seed(seed, "card", m)) for m in cards]
-    plan = AuditPlan(profile.name, seed, tuple(c.id for c in claims), None if methods is None else tuple(methods),
-                     device, calibration, bool(cards), None if card_families is None else tuple(card_families),
-                     tuple(argv), threads, instances, jobs=tuple(jobs))
-    return plan
+    return AuditPlan(profile.name, seed, tuple(c.id for c in claims), None if methods is None else tuple(methods),
+                     device, None if card_families is None else tuple(card_families), tuple(argv), threads, instances,
+                     jobs=tuple(jobs))
