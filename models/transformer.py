@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .rowmap import rowmap
 from .spec import ModelSpec
 
 LAYERNORM_EPS = 1e-5
@@ -46,16 +47,16 @@ def _attention_mask(spec: ModelSpec, total: int, n_prefix: int, device: torch.de
 
 def linear(Z: Tensor, W: Tensor, update: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Each problem's map W (B, o, i) on its tokens Z (B, E, T, i) -> (B, E, T, o), as one batched
-    matrix product over the flattened tokens (a broadcast over E would copy W once per example,
-    and once per tangent under the Jacobian's vmap). With a low-rank update (U (B, o, r), V (B, r, i))
+    matrix product over the flattened tokens (a broadcast over E would copy W once per example;
+    `rowmap` keeps the Jacobian's vmap from copying it once per tangent). With a low-rank update (U (B, o, r), V (B, r, i))
     the map is W + U V, applied as Z W^T + (Z V^T) U^T: its Jacobian in U and V costs O(r) per
     tangent where the dense W + U V costs O(i)."""
     B, E, T, i = Z.shape
     flat = Z.reshape(B, E * T, i)                                              # (B,E*T,i)
-    out = flat @ W.transpose(1, 2)                                             # (B,E*T,o)
+    out = rowmap(flat, W.transpose(1, 2))                                      # (B,E*T,o)
     if update is not None:
         U, V = update
-        out = out + (flat @ V.transpose(1, 2)) @ U.transpose(1, 2)             # (B,E*T,o)
+        out = out + rowmap(rowmap(flat, V.transpose(1, 2)), U.transpose(1, 2))  # (B,E*T,o)
     return out.reshape(B, E, T, W.shape[1])                                    # (B,E,T,o)
 
 
@@ -80,8 +81,8 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
                 pk, pv = prefix[p + "K"], prefix[p + "V"]                    # (B,m,k) (B,m,v)
             else:                  # hidden-state style: prefix states pass through Wk, Wv
                 states = prefix[f"layers.{layer}.states"]                    # (B,m,d)
-                pk = states @ Wk.transpose(1, 2)                                  # (B,m,k)
-                pv = states @ Wv.transpose(1, 2)                                  # (B,m,v)
+                pk = rowmap(states, Wk.transpose(1, 2))                      # (B,m,k)
+                pv = rowmap(states, Wv.transpose(1, 2))                      # (B,m,v)
             n_prefix = pk.shape[1]
             k = torch.cat([pk.unsqueeze(1).expand(B, E, *pk.shape[1:]), k], dim=2)  # (B,E,m+T,k)
             v = torch.cat([pv.unsqueeze(1).expand(B, E, *pv.shape[1:]), v], dim=2)  # (B,E,m+T,v)

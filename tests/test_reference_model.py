@@ -101,3 +101,37 @@ def test_keep_and_factored_updates_compute_the_same_outputs(inst, prompt_len, ke
     factored = forward(inst.spec, W, X, prompt=P, low_rank={name: (U, V)})
     scale = max(1.0, float(dense.abs().max()))
     assert float((dense - factored).abs().max()) <= 1e-10 * scale
+
+
+def test_rowmap_gives_matmul_values_and_derivatives_in_every_transform():
+    """`rowmap` (A @ M per problem, with its own vmap rule) against plain matmul: values, forward-
+    and reverse-mode Jacobians under vmap with the weight frozen or trainable, and gradients."""
+    from models.rowmap import rowmap
+
+    gen = torch.Generator().manual_seed(3)
+    B, N, i, o, V = 3, 5, 4, 6, 7
+    A = torch.randn(B, N, i, generator=gen, dtype=torch.float64)
+    M = torch.randn(B, i, o, generator=gen, dtype=torch.float64)
+    M2 = torch.randn(B, o, i, generator=gen, dtype=torch.float64)
+    assert torch.equal(rowmap(A, M), A @ M)
+
+    def net(mm):  # a two-layer map of A and M through the product under test
+        return lambda a, m: mm(torch.tanh(mm(a, m)), M2)                     # (B,N,i)
+
+    plain, ours = net(torch.matmul), net(rowmap)
+    tA = torch.randn(V, B, N, i, generator=gen, dtype=torch.float64)       # tangents of A
+    tM = torch.randn(V, B, i, o, generator=gen, dtype=torch.float64)       # tangents of M
+    for f_tangents in (lambda f: torch.func.vmap(lambda t: torch.func.jvp(lambda a: f(a, M), (A,), (t,))[1])(tA),
+                       lambda f: torch.func.vmap(lambda t: torch.func.jvp(lambda m: f(A, m), (M,), (t,))[1])(tM),
+                       lambda f: torch.func.vmap(lambda s, t: torch.func.jvp(f, (A, M), (s, t))[1])(tA, tM)):
+        assert torch.allclose(f_tangents(ours), f_tangents(plain), rtol=1e-12, atol=1e-13)
+    cot = torch.randn(V, B, N, i, generator=gen, dtype=torch.float64)
+    for argnums in (0, 1, (0, 1)):
+        pulled = [torch.func.vmap(torch.func.vjp(lambda a, m: f(a, m), A, M)[1])(cot) for f in (ours, plain)]
+        for got, want in zip(*pulled):
+            assert torch.allclose(got, want, rtol=1e-12, atol=1e-13)
+        grads = [torch.func.grad(lambda a, m, f=f: f(a, m).square().sum(), argnums=argnums)(A, M) for f in (ours, plain)]
+        for got, want in zip(*(g if isinstance(g, tuple) else (g,) for g in grads)):
+            assert torch.allclose(got, want, rtol=1e-12, atol=1e-13)
+    batched_M = torch.func.vmap(rowmap, in_dims=(None, 0))(A, tM)                # the weight batched, A not
+    assert torch.allclose(batched_M, A @ tM, rtol=1e-13, atol=1e-14)

@@ -57,12 +57,21 @@ def resolve_device(device: str) -> torch.device:
 
 
 def bytes_per_problem(spec: ModelSpec, examples: int, tokens: int, targets: int, n_params: int, size: int) -> int:
-    """A generous estimate of the memory one problem needs (activations, gradients, Jacobian)."""
+    """An upper estimate of the memory one problem of a search chunk needs, in bytes of float64.
+
+    The Jacobian dominates: forward mode pushes min(R, P) tangents (reverse mode pulls as many
+    cotangents) through the network at once, so each token's activations (residual stream,
+    query/key/value, attention row, MLP hidden units) live that many times over, beside the (R, P)
+    Jacobian, its damped normal system and the per-tangent parameter vectors. The coefficients
+    are fitted to `benchmarks/search_memory.py`'s measurements of whole chunks (LM, Adam, replay)
+    on eleven families, from planted prompts at d = 8 to the U construction's transformers: the
+    estimate lies 1.2x to 3.2x above every measurement (README, "Memory")."""
     T = tokens + size
-    attn = sum(len(layer.heads) for layer in spec.layers) * examples * T * (2 * T + size) * 6
-    acts = len(spec.layers) * examples * T * (spec.d * 10 + 2 * max(l.hidden for l in spec.layers) * 3)
+    per_token = sum(spec.d + sum(2 * (2 * h.k + h.v) + T for h in layer.heads) + 2 * layer.hidden
+                    for layer in spec.layers)                            # activations of one token
     weights = sum(int(np.prod(shape)) for _, shape in spec.weight_shapes())
     residuals = examples * targets * spec.d
     small = min(residuals, n_params)
-    jac = residuals * n_params * 3 + small * small * 3
-    return 8 * 4 * (attn + acts + weights + jac + n_params * 8)
+    entries = ((small + 4) * examples * T * per_token + 6 * residuals * n_params + 3 * small * small
+               + 12 * small * n_params + 4 * weights + 8 * n_params)
+    return 8 * entries
