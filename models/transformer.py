@@ -68,7 +68,7 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
     lr = low_rank or {}
     B, E, T, _ = Z.shape
     Q = T if queries is None else queries
-    out = torch.zeros_like(Z[:, :, T - Q:])
+    out = None  # the sum over heads; no zero start, whose tangent the Jacobian's vmap would fill
     n_prefix = 0
     for h, head in enumerate(spec.layers[layer].heads):
         p = f"layers.{layer}.heads.{h}."
@@ -94,8 +94,8 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Tens
         head_out = weights @ v                                               # (B,E,Q,v)
         if head.has_wo:
             head_out = linear(head_out, params[p + "Wo"], lr.get(p + "Wo"))  # (B,E,Q,d)
-        out = out + head_out
-    return out
+        out = head_out if out is None else out + head_out
+    return torch.zeros_like(Z[:, :, T - Q:]) if out is None else out
 
 
 def mlp(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, H: Tensor,

@@ -151,6 +151,11 @@ def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Te
     return torch.func.vmap(lambda c: pullback(c)[0], out_dims=1)(cotangents)  # (b,R,P)
 
 
+def _jacobian_at(residuals: Residuals, theta: Tensor, data: tuple, R: int) -> Tensor:
+    """Finite per-problem Jacobians (b, R, P) of residuals(theta, *data)."""
+    return torch.nan_to_num(jacobian(lambda t: residuals(t, *data), theta, R))
+
+
 def solved_owners(owners: Tensor, solved: Tensor) -> Tensor:
     """(max owner + 1,) flags: owner o has a solved problem (owners, solved: (B,))."""
     flags = torch.zeros(int(owners.max()) + 1 if owners.numel() else 0, dtype=torch.bool, device=owners.device)
@@ -178,6 +183,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     loss, err = _loss(r), _max_error(r)                                  # (B,) (B,)
 
     svd_fallback = theta.device.type == "cpu"
+    eager = theta.device.type == "cpu"  # no host sync to save: finished problems leave after every step
     running = err > done_error                                           # (B,)
     if owners is not None:
         running &= ~solved_owners(owners, ~running)[owners]
@@ -186,10 +192,16 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     mu = torch.full_like(ls, mu_start)                                   # (b,)
     nu = torch.full_like(ls, 2.0)                                        # (b,) growth factor on rejection
     window_start, window_mu = ls.clone(), mu.clone()
+    J = moved = None                                                     # (b,R,P) (b,): J stale where moved
     for step in range(1, steps + 1):
         if idx.numel() == 0:
             break
-        J = torch.nan_to_num(jacobian(lambda t, d=d: residuals(t, *d), th, rr.shape[1]))  # (b,R,P)
+        if J is None or not eager:
+            J = _jacobian_at(residuals, th, d, rr.shape[1])              # (b,R,P)
+        else:  # a rejected step left its problem where it was: its Jacobian still holds
+            redo = moved.nonzero().squeeze(1)                            # (s,)
+            if redo.numel():
+                J[redo] = _jacobian_at(residuals, th[redo], take(d, redo), rr.shape[1])
         delta = torch.nan_to_num(damped_step(J, rr, mu, svd_fallback=svd_fallback))  # (b,P)
         candidate = th + delta
         if project is not None:
@@ -200,6 +212,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
         predicted = (ls - linear.square().sum(dim=1)).clamp_min(1e-300)  # (b,)
         gain = (ls - loss_new) / predicted                               # (b,) actual / predicted
         accept = loss_new < ls                                           # (b,)
+        moved = accept
         th = torch.where(accept[:, None], candidate, th)
         rr = torch.where(accept[:, None], r_new, rr)
         ls = torch.where(accept, loss_new, ls)
@@ -209,23 +222,27 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
         nu = torch.where(accept, torch.full_like(nu, 2.0), nu * 2)
         if on_step is not None:
             on_step(idx.numel())
-        if step % CHECK_EVERY and step != steps:
+        window_end = step % CHECK_EVERY == 0 or step == steps
+        if not (window_end or eager):
             continue
         row_err = _max_error(rr)                                          # (b,)
         theta[idx], loss[idx], err[idx] = th, ls, row_err
-        progress = (ls < window_start * (1 - stall_fraction)) | (mu > window_mu)  # rejected steps: still damping up
-        keep = (row_err > done_error) & progress & (mu < MU_MAX)
+        keep = row_err > done_error
         if owners is not None:
             keep &= ~solved_owners(owners, err <= done_error)[owners[idx]]
-        if hopeless_slack and done_error > 0:
-            # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
-            windows_left = (steps - step) / CHECK_EVERY + 1
-            need = torch.log(ls / max(done_error, 1e-300) ** 2).clamp_min(0)       # (b,) nats to go
-            rate = torch.log(window_start / ls).clamp_min(1e-300)                  # (b,) nats per window
-            keep &= need <= rate * windows_left * hopeless_slack
-        if bool(keep.all()):
+        if window_end:
+            progress = (ls < window_start * (1 - stall_fraction)) | (mu > window_mu)  # rejected steps: still damping up
+            keep &= progress & (mu < MU_MAX)
+            if hopeless_slack and done_error > 0:
+                # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
+                windows_left = (steps - step) / CHECK_EVERY + 1
+                need = torch.log(ls / max(done_error, 1e-300) ** 2).clamp_min(0)       # (b,) nats to go
+                rate = torch.log(window_start / ls).clamp_min(1e-300)                  # (b,) nats per window
+                keep &= need <= rate * windows_left * hopeless_slack
+        if not bool(keep.all()):
+            idx, th, d, rr, ls, mu, nu = idx[keep], th[keep], take(d, keep), rr[keep], ls[keep], mu[keep], nu[keep]
+            J, moved = J[keep], moved[keep]
+            window_start, window_mu = window_start[keep], window_mu[keep]
+        if window_end:
             window_start, window_mu = ls.clone(), mu.clone()
-            continue
-        idx, th, d, rr, ls, mu, nu = idx[keep], th[keep], take(d, keep), rr[keep], ls[keep], mu[keep], nu[keep]
-        window_start, window_mu = ls.clone(), mu.clone()
     return theta, loss, err
