@@ -199,10 +199,12 @@ def check_contract(method: Method, spec, size: int, trainable: dict[str, torch.T
 def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, config: SearchConfig,
                     device: torch.device, bar: tqdm | None,
                     start: dict[str, torch.Tensor] | None = None,
-                    owners: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+                    owners: Sequence[int] | None = None, patient: bool = False) -> dict[str, torch.Tensor]:
     """Levenberg-Marquardt first; the problems it leaves stuck explore with Adam from a fresh
     random point and get a second LM pass. `owners` (the instance of each row) ends all restarts
-    of an instance at its first solved one. Returns each problem's best trainable tensors."""
+    of an instance at its first solved one; `patient` (later rounds: the instances that resisted
+    the first) keeps slowly converging problems instead of judging them hopeless. Returns each
+    problem's best trainable tensors."""
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
@@ -231,7 +233,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     count = (lambda n: bar.update(n)) if bar is not None else None
     finishing = start is not None  # a finish is patient: it stops only when truly stalled
     stall = FINISH_STALL_FRACTION if finishing else O.STALL_FRACTION
-    hopeless = 0.0 if finishing else O.HOPELESS_SLACK
+    hopeless = 0.0 if finishing or patient else O.HOPELESS_SLACK
     mu_start = O.MU_MIN if finishing else O.MU_START  # near a solution, start as Gauss-Newton
     owner = None if owners is None else torch.as_tensor(list(owners), device=device)  # (B,)
     lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
@@ -346,7 +348,7 @@ def search(instances: Sequence[Instance], config: SearchConfig, *, progress: boo
                         before = bar.n
                         found = _optimize_chunk(method, group.spec, weights, X, Y, size,
                                                 _chunk_seed(config.seed, round_, gi, size, ci), config, device, bar,
-                                                owners=part)
+                                                owners=part, patient=round_ > 0)
                         bar.update(max(0, len(part) * per_problem - (bar.n - before)))
                         arrays = {name: t.cpu().numpy() for name, t in found.items()}
                         losses, errors = replay_batch(method, instances, part, arrays)

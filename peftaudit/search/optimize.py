@@ -21,6 +21,7 @@ Project = Callable[[Tensor], Tensor]  # theta (b, P) -> theta on the norm ball
 CHECK_EVERY = 8        # steps between convergence checks (the only host syncs on CUDA)
 STALL_FRACTION = 1e-3  # LM: a problem whose loss fell by less than this fraction in a check window has stalled
 HOPELESS_SLACK = 3.0   # LM drops a problem that, at its current rate, would need over 3x the steps left
+HOPELESS_AFTER = 16    # but not in its first two windows, where LM is still finding its trust region
 MU_START = 1e-3        # LM initial damping, relative to the largest diagonal of the normal system
 MU_MAX = 1e12          # LM damping ceiling; a problem pinned there makes no progress
 MU_MIN = 1e-16         # LM damping floor, relative to the largest diagonal of the normal system: low
@@ -233,7 +234,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
         if window_end:
             progress = (ls < window_start * (1 - stall_fraction)) | (mu > window_mu)  # rejected steps: still damping up
             keep &= progress & (mu < MU_MAX)
-            if hopeless_slack and done_error > 0:
+            if hopeless_slack and done_error > 0 and step > HOPELESS_AFTER:
                 # at this window's rate, would the loss reach done_error^2 within the steps left (with slack)?
                 windows_left = (steps - step) / CHECK_EVERY + 1
                 need = torch.log(ls / max(done_error, 1e-300) ** 2).clamp_min(0)       # (b,) nats to go
