@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+MIN_ENTRIES = 1024  # a 32 x 32 matrix and up take the Function
+
 
 class RowMap(torch.autograd.Function):
     """A (B, N, i) @ M (B, i, o) -> (B, N, o)."""
@@ -62,5 +64,11 @@ class RowMap(torch.autograd.Function):
 
 
 def rowmap(A: Tensor, M: Tensor) -> Tensor:
-    """A (B, N, i) @ M (B, i, o) -> (B, N, o), cheap under the Jacobian's vmap."""
+    """A (B, N, i) @ M (B, i, o) -> (B, N, o), cheap under the Jacobian's vmap.
+
+    Matrices under MIN_ENTRIES go to plain `A @ M`: copying them per tangent costs less than the
+    Function's Python dispatch at every transform level (planted prompts at d = 16: 6.3 s plain
+    against 11.1 s through the Function; at d = 32: 46.9 s against 31.9 s)."""
+    if M.shape[-2] * M.shape[-1] < MIN_ENTRIES:
+        return A @ M                                                       # (B,N,o)
     return RowMap.apply(A, M)
