@@ -192,6 +192,27 @@ def test_levenberg_marquardt_drops_finished_and_stuck_problems_from_the_batch():
     assert sizes[0] == 3 and sizes[-1] < 3 and len(sizes) < 100  # compaction, and the stall ends the run
 
 
+def test_levenberg_marquardt_on_the_cpu_reuses_the_jacobian_of_a_rejected_step(monkeypatch):
+    """A rejected step leaves its problem where it was, so its Jacobian is not recomputed: the
+    Jacobian rows evaluated are the first step's plus one per accepted step, fewer than the
+    problem-steps, and the problems still converge (a Gauss-Newton start on a cubic overshoots)."""
+    from peftaudit.search import optimize
+
+    rows = []
+    real = optimize.jacobian
+    monkeypatch.setattr(optimize, "jacobian", lambda f, theta, R: rows.append(theta.shape[0]) or real(f, theta, R))
+    target = torch.tensor([[1.5, 2.0], [3.0, 0.5], [-2.0, 0.7]], dtype=torch.float64)  # (3,2)
+
+    def residuals(theta, tgt):  # (b,P=2) -> (b,R=2)
+        return theta ** 3 - tgt ** 3
+
+    steps = []
+    theta, _, err = optimize.levenberg_marquardt(residuals, torch.ones(3, 2, dtype=torch.float64), (target,),
+                                                 400, done_error=1e-12, mu_start=1e-16, on_step=steps.append)
+    assert torch.allclose(theta, target, atol=1e-9) and (err <= 1e-12).all()
+    assert rows[0] == 3 and sum(rows) < sum(steps)
+
+
 def test_damped_step_without_svd_fallback_gives_a_zero_step_where_cholesky_fails():
     """The CUDA path does not sync to run an SVD: a failed factorization gives a zero (rejected) step."""
     from peftaudit.search.optimize import damped_step

@@ -171,9 +171,10 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
                         on_step: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Batched Levenberg-Marquardt from theta (B, P) with per-problem damping, in theta's dtype.
 
-    Every CHECK_EVERY steps, problems whose max abs residual is at most `done_error`, whose loss
-    fell by less than `stall_fraction` over the window, or whose damping hit MU_MAX leave the
-    batch; with `owners` (B,) (the instance each problem is a restart of), so do the siblings of
+    Problems whose max abs residual is at most `done_error` leave the batch (on the CPU after
+    every step, elsewhere every CHECK_EVERY steps), and every CHECK_EVERY steps so do those whose
+    loss fell by less than `stall_fraction` over the window or whose damping hit MU_MAX; on the
+    CPU a rejected step keeps its problem's Jacobian for the next try; with `owners` (B,) (the instance each problem is a restart of), so do the siblings of
     a finished problem: the first solved restart ends an instance. Returns each problem's final point, loss and max abs residual (accepted steps only
     ever lower the loss, so the final point is the best one). `on_step(n)` gets the problems
     still in the batch after each step.
@@ -183,8 +184,8 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     r = residuals(theta, *data)                                          # (B,R)
     loss, err = _loss(r), _max_error(r)                                  # (B,) (B,)
 
-    svd_fallback = theta.device.type == "cpu"
-    eager = theta.device.type == "cpu"  # no host sync to save: finished problems leave after every step
+    on_cpu = theta.device.type == "cpu"  # no host sync to save: SVD fallback, finished problems leave
+    svd_fallback = eager = on_cpu         # after every step, rejected steps keep their Jacobian
     running = err > done_error                                           # (B,)
     if owners is not None:
         running &= ~solved_owners(owners, ~running)[owners]
