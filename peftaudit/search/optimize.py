@@ -185,7 +185,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     loss, err = _loss(r), _max_error(r)                                  # (B,) (B,)
 
     on_cpu = theta.device.type == "cpu"  # no host sync to save: SVD fallback, finished problems leave
-    svd_fallback = eager = on_cpu         # after every step, rejected steps keep their Jacobian
+                                          # after every step, rejected steps keep their Jacobian
     running = err > done_error                                           # (B,)
     if owners is not None:
         running &= ~solved_owners(owners, ~running)[owners]
@@ -198,13 +198,13 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     for step in range(1, steps + 1):
         if idx.numel() == 0:
             break
-        if J is None or not eager:
+        if J is None or not on_cpu:
             J = _jacobian_at(residuals, th, d, rr.shape[1])              # (b,R,P)
         else:  # a rejected step left its problem where it was: its Jacobian still holds
             redo = moved.nonzero().squeeze(1)                            # (s,)
             if redo.numel():
                 J[redo] = _jacobian_at(residuals, th[redo], take(d, redo), rr.shape[1])
-        delta = torch.nan_to_num(damped_step(J, rr, mu, svd_fallback=svd_fallback))  # (b,P)
+        delta = torch.nan_to_num(damped_step(J, rr, mu, svd_fallback=on_cpu))  # (b,P)
         candidate = th + delta
         if project is not None:
             candidate = project(candidate)
@@ -225,7 +225,7 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
         if on_step is not None:
             on_step(idx.numel())
         window_end = step % CHECK_EVERY == 0 or step == steps
-        if not (window_end or eager):
+        if not (window_end or on_cpu):
             continue
         row_err = _max_error(rr)                                          # (b,)
         theta[idx], loss[idx], err[idx] = th, ls, row_err
