@@ -3,6 +3,7 @@
 from fractions import Fraction
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -138,3 +139,50 @@ def test_rowmap_gives_matmul_values_and_derivatives_in_every_transform(monkeypat
             assert torch.allclose(got, want, rtol=1e-12, atol=1e-13)
     batched_M = torch.func.vmap(rowmap, in_dims=(None, 0))(A, tM)                # the weight batched, A not
     assert torch.allclose(batched_M, A @ tM, rtol=1e-13, atol=1e-14)
+
+
+SPEC_VARIANTS = [  # (attention, layers, heads, layernorm, positions, mlp): each option on in some row
+    ("encoder", 1, 1, False, 0, "residual"), ("causal", 1, 2, False, 0, "residual"),
+    ("encoder", 2, 1, True, 0, "plain"), ("causal", 2, 2, True, 4, "residual"),
+    ("encoder", 1, 2, True, 4, "plain"), ("causal", 2, 1, False, 4, "plain"),
+]
+METHODS_WITH_JACOBIAN = [("prompt", {}), ("prefix", {}), ("prefix-kv", {}), ("lora", {"targets": "v"}),
+                         ("lora", {"targets": "q,k,v,o,1,2"})]
+
+
+def _outputs_and_jacobian_against_torch_func(spec, name, options, keep):
+    """A built-in method's written-out forward mode against its `outputs` and torch.func.jacfwd."""
+    from peftaudit.models.methods import get_method
+    from peftaudit.models.transformer import stack_weights
+    from peftaudit.search.optimize import flat, unflat
+
+    rng = np.random.default_rng(1)
+    B, E, n = 3, 2, 3
+    W = stack_weights([model_weights(rng, spec) for _ in range(B)])
+    X = torch.as_tensor(rng.normal(size=(B, E, n, spec.d)))
+    method = get_method(name, **options)
+    trainable = method.init(spec, B, 2, torch.Generator().manual_seed(2))
+    out, J = method.outputs_and_jacobian(spec, W, trainable, X, keep=keep)
+
+    def one(theta, Wb, Xb):  # one problem's flattened outputs as a function of its parameters
+        return method.outputs(spec, {k: v[None] for k, v in Wb.items()}, unflat(theta[None], trainable), Xb[None],
+                              keep=keep).reshape(-1)
+
+    want = torch.func.vmap(torch.func.jacfwd(one))(flat(trainable), W, X)          # (B,R,P)
+    return out, method.outputs(spec, W, trainable, X, keep=keep), J, want
+
+
+@pytest.mark.parametrize("variant", SPEC_VARIANTS)
+@pytest.mark.parametrize("name,options", METHODS_WITH_JACOBIAN)
+def test_written_out_forward_mode_gives_the_outputs_and_torch_funcs_jacobian(variant, name, options):
+    """models/tangents.py, which LM's Jacobians come from for the built-in methods: the values are
+    `outputs`' own bit for bit, and the Jacobian is torch.func's, for every method, attention kind,
+    depth, head count (with W_o), layer norm, positional code and MLP kind, all positions or the last."""
+    attention_kind, layers, heads, layernorm, positions, mlp = variant
+    spec = simple_spec(4, layers=layers, heads=heads, attention=attention_kind, layernorm=layernorm,
+                       positions=positions, mlp=mlp)
+    for keep in (None, 1):
+        out, want_out, J, want = _outputs_and_jacobian_against_torch_func(spec, name, options, keep)
+        assert torch.equal(out, want_out)
+        assert J.shape == want.shape
+        assert float((J - want).abs().max()) <= 1e-10 * max(1.0, float(want.abs().max()))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError
+from peftaudit.models import tangents
 from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
@@ -61,6 +62,13 @@ class LoRA:
         """The forward with W + B A on the adapted matrices, applied factored (Z W^T + (Z A^T) B^T)."""
         updates = {key[:-2]: (trainable[key[:-2] + ".B"], A) for key, A in trainable.items() if key.endswith(".A")}
         return forward(spec, params, X, low_rank=updates, keep=keep)
+
+    def outputs_and_jacobian(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                             keep: int | None = None) -> tuple[Tensor, Tensor]:
+        """The outputs and their Jacobian in the factors' entries, in one forward-mode pass."""
+        def place(duals: dict) -> dict:
+            return {"low_rank": {key[:-2]: (duals[key[:-2] + ".B"], duals[key]) for key in duals if key.endswith(".A")}}
+        return tangents.outputs_and_jacobian(spec, params, X, trainable, place, keep)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         """W + B A, computed in the exact model (never rounded)."""

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from peftaudit.models import tangents
 from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
@@ -33,6 +34,11 @@ class PrefixStates:
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
                 keep: int | None = None) -> Tensor:
         return forward(spec, params, X, prefix=trainable, keep=keep)
+
+    def outputs_and_jacobian(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                             keep: int | None = None) -> tuple[Tensor, Tensor]:
+        """The outputs and their Jacobian in the prefix's entries, in one forward-mode pass."""
+        return tangents.outputs_and_jacobian(spec, params, X, trainable, lambda duals: {"prefix": duals}, keep)
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * spec.d * len(spec.layers)
@@ -64,6 +70,11 @@ class PrefixKeyValue:
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
                 keep: int | None = None) -> Tensor:
         return forward(spec, params, X, prefix=trainable, keep=keep)
+
+    def outputs_and_jacobian(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                             keep: int | None = None) -> tuple[Tensor, Tensor]:
+        """The outputs and their Jacobian in the prefix's entries, in one forward-mode pass."""
+        return tangents.outputs_and_jacobian(spec, params, X, trainable, lambda duals: {"prefix": duals}, keep)
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * sum(h.k + h.v for layer in spec.layers for h in layer.heads)

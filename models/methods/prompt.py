@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from peftaudit.models import tangents
 from peftaudit.models.interval import ExactAdapter
 from peftaudit.models.spec import ModelSpec
 from peftaudit.models.transformer import forward
@@ -28,6 +29,12 @@ class SoftPrompt:
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
                 keep: int | None = None) -> Tensor:
         return forward(spec, params, X, prompt=trainable["prompt"], keep=keep)
+
+    def outputs_and_jacobian(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
+                             keep: int | None = None) -> tuple[Tensor, Tensor]:
+        """The outputs and their Jacobian in the prompt's entries, in one forward-mode pass."""
+        return tangents.outputs_and_jacobian(spec, params, X, trainable, lambda duals: {"prompt": duals["prompt"]},
+                                             keep)
 
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         """How the found prompt enters the exact model (for the rigorous replay)."""

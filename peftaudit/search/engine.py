@@ -220,6 +220,12 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
         out = method.outputs(spec, W, unflat(theta, template), X_b, **partial)  # (b,E,k,d) or (b,E,n,d)
         return (out[:, :, out.shape[2] - k:, :] - Y_b).reshape(out.shape[0], -1)  # (b,R)
 
+    jacobian_of = None  # forward mode written out (models/tangents.py), where the method has it and P <= R
+    n_params, n_res = sum(t[0].numel() for t in template.values()), Y[0].numel()
+    if hasattr(method, "outputs_and_jacobian") and partial and n_params <= n_res:
+        def jacobian_of(theta: torch.Tensor, W: dict, X_b: torch.Tensor, _Y_b: torch.Tensor) -> torch.Tensor:
+            return method.outputs_and_jacobian(spec, W, unflat(theta, template), X_b, keep=k)[1]  # (b,R,P)
+
     project = None
     if config.norm_bound is not None:
         def project(theta: torch.Tensor, bound: float = config.norm_bound) -> torch.Tensor:
@@ -239,7 +245,8 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
                                              done_error=done_error, project=project, stall_fraction=stall,
                                              hopeless_slack=hopeless, mu_start=mu_start,
-                                             owners=None if owner is None else owner[idx], on_step=count)
+                                             owners=None if owner is None else owner[idx],
+                                             jacobian_of=jacobian_of, on_step=count)
     everyone = torch.arange(theta0.shape[0], device=device)
     if owner is None:
         theta, loss, err = lm(theta0, everyone)
