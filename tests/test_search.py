@@ -137,9 +137,10 @@ def test_finishing_pass_completes_near_misses():
     assert best[(0, 2)].solved and best[(0, 2)].max_abs_error <= 1e-8
 
 
-def test_damped_step_matches_the_svd_step_and_falls_back_when_cholesky_fails():
+def test_damped_step_matches_the_svd_step_and_falls_back_where_the_system_is_singular():
     """Both normal systems (P <= R and P > R) give the SVD's damped step; a singular, undamped
-    problem falls back to the SVD instead of returning NaN."""
+    problem (zero, or with a repeated column: a pivot at rounding level) falls back to the SVD
+    instead of returning NaN or a step of size 1e16."""
     from peftaudit.search.optimize import _svd_step, damped_step
 
     gen = torch.Generator().manual_seed(0)
@@ -153,6 +154,11 @@ def test_damped_step_matches_the_svd_step_and_falls_back_when_cholesky_fails():
     J[1] = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     step = damped_step(J, torch.ones(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     assert torch.isfinite(step).all() and torch.equal(step[0], torch.zeros(3, dtype=torch.float64))
+    J = torch.randn(1, 6, 3, generator=gen, dtype=torch.float64)
+    J[0, :, 2] = J[0, :, 1] + 1e-7 * J[0, :, 0]                        # J^T J: a pivot at rounding level, not 0
+    r = torch.randn(1, 6, generator=gen, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    assert torch.allclose(damped_step(J, r, zero), _svd_step(J, r, zero), rtol=1e-9, atol=1e-12)
 
 
 def test_batched_jacobian_matches_per_problem_jacobians_in_both_modes():
@@ -213,7 +219,7 @@ def test_levenberg_marquardt_on_the_cpu_reuses_the_jacobian_of_a_rejected_step(m
     assert rows[0] == 3 and sum(rows) < sum(steps)
 
 
-def test_damped_step_without_svd_fallback_gives_a_zero_step_where_cholesky_fails():
+def test_damped_step_without_svd_fallback_gives_a_zero_step_where_the_system_is_singular():
     """The CUDA path does not sync to run an SVD: a failed factorization gives a zero (rejected) step."""
     from peftaudit.search.optimize import damped_step
 
