@@ -17,6 +17,7 @@ whose outputs' derivatives are the Jacobian in flat(trainable) order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -27,6 +28,32 @@ from .transformer import LAYERNORM_EPS, _attention_mask
 
 Dual = tuple[Tensor, Tensor | None]                       # value (B, ..., f), tangent (B, ..., V, f)
 LowRankDual = Mapping[str, tuple[Dual, Dual]]             # name -> ((U, dU), (V, dV)): W + U V
+
+
+@dataclass(frozen=True)
+class Lead:
+    """A tangent that is `rows` (B, m, P, f) on token rows 0..m-1 of every example and zero on the
+    others: a prompt's tangent entering the first layer, before attention mixes it into the
+    inputs' rows. Kept unexpanded there, a weight meets m P rows per problem instead of E T P,
+    and a query row past the prompt gets no tangent at all."""
+    rows: Tensor
+
+    def dense(self, E: int, T: int) -> Tensor:
+        """(B, E, T, P, f), zeros past row m."""
+        B, m, P, f = self.rows.shape
+        pad = self.rows.new_zeros(B, E, T - m, P, f)
+        return torch.cat([self.rows.unsqueeze(1).expand(B, E, m, P, f), pad], dim=2)
+
+
+def _dense(t: "Tensor | Lead | None", E: int, T: int) -> Tensor | None:
+    return t.dense(E, T) if isinstance(t, Lead) else t
+
+
+def _tail(t: "Tensor | Lead | None", start: int, E: int, T: int) -> Tensor | None:
+    """Token rows start.. of a tangent (B, E, T, P, f); None where a Lead leaves them zero."""
+    if isinstance(t, Lead):
+        return None if start >= t.rows.shape[1] else t.dense(E, T)[:, :, start:]
+    return None if t is None else t[:, :, start:]
 
 
 def identity_tangents(trainable: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -54,19 +81,27 @@ def _rows(A: Tensor, M: Tensor) -> Tensor:
     return (A.reshape(B, -1, i) @ M).reshape(*A.shape[:-1], M.shape[-1])
 
 
-def linear(Z: Tensor, dZ: Tensor | None, W: Tensor, update: tuple[Dual, Dual] | None = None) -> Dual:
-    """transformer.linear with tangents: Z (B, E, T, i), dZ (B, E, T, V, i); W (B, o, i) frozen;
-    update ((U, dU), (V, dV)) with U (B, o, r), dU (B, o, P, r), V (B, r, i), dV (B, r, P, i)."""
+def linear(Z: Tensor, dZ: "Tensor | Lead | None", W: Tensor,
+           update: tuple[Dual, Dual] | None = None) -> "tuple[Tensor, Tensor | Lead | None]":
+    """transformer.linear with tangents: Z (B, E, T, i), dZ (B, E, T, V, i) or a Lead (which stays
+    one); W (B, o, i) frozen; update ((U, dU), (V, dV)) with U (B, o, r), dU (B, o, P, r),
+    V (B, r, i), dV (B, r, P, i)."""
     B, E, T, i = Z.shape
+    if isinstance(dZ, Lead) and update is not None and (update[0][1] is not None or update[1][1] is not None):
+        dZ = dZ.dense(E, T)  # trainable factors add tangents on every row
     flat = Z.reshape(B, E * T, i)                                                  # (B,N,i)
     out = flat @ W.transpose(1, 2)                                                 # (B,N,o)
-    d_out = None if dZ is None else _rows(dZ, W.transpose(1, 2))                   # (B,E,T,V,o)
+    lead = isinstance(dZ, Lead)
+    d_in = dZ.rows if lead else dZ                                                 # (B,m,V,i) or (B,E,T,V,i)
+    d_out = None if d_in is None else _rows(d_in, W.transpose(1, 2))               # (B,m,V,o) or (B,E,T,V,o)
     if update is not None:
         (U, dU), (Vm, dV) = update
         zv = flat @ Vm.transpose(1, 2)                                             # (B,N,r)
         out = out + zv @ U.transpose(1, 2)                                         # (B,N,o)
-        if dZ is not None:  # (dZ V^T) U^T
-            d_out = d_out + _rows(_rows(dZ, Vm.transpose(1, 2)), U.transpose(1, 2))  # (B,E,T,V,o)
+        if d_in is not None:  # (dZ V^T) U^T
+            d_out = d_out + _rows(_rows(d_in, Vm.transpose(1, 2)), U.transpose(1, 2))  # (B,...,V,o)
+        if lead:
+            return out.reshape(B, E, T, -1), Lead(d_out)
         if dV is not None:  # (Z dV^T) U^T
             r, P = dV.shape[1], dV.shape[2]
             zdv = (flat @ dV.reshape(B, r * P, i).transpose(1, 2))                 # (B,N,r*P)
@@ -76,6 +111,8 @@ def linear(Z: Tensor, dZ: Tensor | None, W: Tensor, update: tuple[Dual, Dual] | 
             o, P, r = dU.shape[1], dU.shape[2], dU.shape[3]
             du = dU.permute(0, 3, 2, 1).reshape(B, r, P * o)                       # (B,r,P*o)
             d_out = _add(d_out, (zv @ du).reshape(B, E, T, P, o))                  # (B,E,T,P,o)
+    if lead:
+        d_out = Lead(d_out)
     return out.reshape(B, E, T, -1), d_out
 
 
@@ -87,6 +124,7 @@ def _expand_over_examples(t: Tensor | None, E: int) -> Tensor | None:
 def _cat_tokens(parts: list[Dual]) -> Dual:
     """Concatenate along the token axis (2); a missing tangent among present ones is zero."""
     value = torch.cat([v for v, _ in parts], dim=2)
+    parts = [(v, _dense(d, v.shape[1], v.shape[2])) for v, d in parts]
     present = [d for _, d in parts if d is not None]
     if not present:
         return value, None
@@ -105,7 +143,12 @@ def _scores(q: Dual, k: Dual) -> Dual:
     d = None
     if dq is not None:
         d = (dq.reshape(B * E, -1, c) @ kv.reshape(B * E, S, c).transpose(1, 2)).reshape(B, E, Q, -1, S)
-    if dk is not None:
+    if isinstance(dk, Lead):  # key rows 0..m-1 only, the same in every example
+        m, P = dk.rows.shape[1], dk.rows.shape[2]
+        dkq = dk.rows.reshape(B, m * P, c) @ qv.reshape(B, E * Q, c).transpose(1, 2)  # (B,m*P,E*Q)
+        dkq = dkq.reshape(B, m, P, E, Q).permute(0, 3, 4, 2, 1)                    # (B,E,Q,P,m)
+        d = _add(d, torch.cat([dkq, dkq.new_zeros(B, E, Q, P, S - m)], dim=4))     # (B,E,Q,P,S)
+    elif dk is not None:
         dkq = dk.reshape(B * E, -1, c) @ qv.reshape(B * E, Q, c).transpose(1, 2)  # (B*E,S*V,Q)
         d = _add(d, dkq.reshape(B, E, S, -1, Q).permute(0, 1, 4, 3, 2))            # (B,E,Q,V,S)
     return logits, d
@@ -120,7 +163,11 @@ def _mix(w: Dual, v: Dual) -> Dual:
     d = None
     if dw is not None:
         d = (dw.reshape(B * E, -1, S) @ vv.reshape(B * E, S, c)).reshape(B, E, Q, -1, c)
-    if dv is not None:
+    if isinstance(dv, Lead):  # value rows 0..m-1 only, the same in every example
+        m, P = dv.rows.shape[1], dv.rows.shape[2]
+        lead = wv[..., :m].reshape(B, E * Q, m) @ dv.rows.reshape(B, m, P * c)     # (B,E*Q,P*c)
+        d = _add(d, lead.reshape(B, E, Q, P, c))
+    elif dv is not None:
         P = dv.shape[3]
         d = _add(d, (wv.reshape(B * E, Q, S) @ dv.reshape(B * E, S, P * c)).reshape(B, E, Q, P, c))
     return out, d
@@ -134,7 +181,7 @@ def attention(spec: ModelSpec, params: Mapping[str, Tensor], layer: int, Z: Dual
     (Zv, dZ) = Z
     B, E, T, _ = Zv.shape
     Q = T if queries is None else queries
-    last = (Zv[:, :, T - Q:], None if dZ is None else dZ[:, :, T - Q:])
+    last = (Zv[:, :, T - Q:], _tail(dZ, T - Q, E, T))
     out: Dual | None = None
     n_prefix = 0
     for h, head in enumerate(spec.layers[layer].heads):
@@ -207,16 +254,16 @@ def forward(spec: ModelSpec, params: Mapping[str, Tensor], X: Tensor, *, prompt:
     B, E, n, d = X.shape
     if spec.positions:
         X = X + params["positional"][:, None, :n, :]                               # (B,E,n,d)
-    Z: Dual = (X, None)
+    Z: tuple[Tensor, Tensor | Lead | None] = (X, None)
     if prompt is not None:
         pv, dp = prompt                                                            # (B,m,d) (B,m,P,d)
-        Z = _cat_tokens([(_expand_over_examples(pv, E), _expand_over_examples(dp, E)), Z])  # (B,E,m+n,d)
+        Z = (torch.cat([_expand_over_examples(pv, E), X], dim=2), None if dp is None else Lead(dp))  # (B,E,m+n,d)
     last = len(spec.layers) - 1
     for layer in range(len(spec.layers)):
         Q = Z[0].shape[2] if keep is None or layer != last else keep
         att = attention(spec, params, layer, Z, prefix, low_rank, Q)               # (B,E,Q,d)
         T = Z[0].shape[2]
-        H = (Z[0][:, :, T - Q:] + att[0], _add(None if Z[1] is None else Z[1][:, :, T - Q:], att[1]))
+        H = (Z[0][:, :, T - Q:] + att[0], _add(_tail(Z[1], T - Q, E, T), att[1]))
         if spec.layernorm:
             H = _layer_norm(H)
         Z = mlp(spec, params, layer, H, low_rank)

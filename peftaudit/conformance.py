@@ -21,6 +21,7 @@ import torch
 from peftaudit.instance import Instance
 
 TOLERANCE = 1e-12  # relative agreement of two float64 evaluations of the same outputs
+JACOBIAN_TOLERANCE = 1e-10  # and of two float64 Jacobians (other products, other rounding)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,34 @@ def rule_exact(s: Subject) -> str:
     return f"the forward lies within {worst:.1e} of the exact model's enclosure"
 
 
+def rule_jacobian(s: Subject) -> str:
+    """A method's own `outputs_and_jacobian`, which LM trusts in place of torch.func, against
+    its `outputs` and torch.func.jacfwd of them, at the target positions the search asks for."""
+    offered = getattr(s.method, "outputs_and_jacobian", None)
+    if not callable(offered):
+        return "no Jacobian offered: the search differentiates the outputs with torch.func"
+    from peftaudit.search.optimize import flat, unflat
+    worst = 0.0
+    for inst in s.instances:
+        W, X, _ = _data([inst] * 2, [0, 1])
+        trainable, k = _init(s, inst, 2, 4), inst.n_targets
+        out, J = offered(inst.spec, W, trainable, X, keep=k)
+        ok, gap = _close(out, s.method.outputs(inst.spec, W, trainable, X, keep=k))
+        assert ok, f"outputs_and_jacobian's outputs differ from outputs' by {gap:.2e}"
+
+        def one(theta, Wb, Xb, inst=inst, k=k, trainable=trainable):  # one problem's flat outputs
+            return s.method.outputs(inst.spec, {n: w[None] for n, w in Wb.items()}, unflat(theta[None], trainable),
+                                    Xb[None], keep=k).reshape(-1)
+
+        want = torch.func.vmap(torch.func.jacfwd(one))(flat(trainable), W, X)   # (B,R,P)
+        assert tuple(J.shape) == tuple(want.shape), f"the Jacobian has shape {tuple(J.shape)}, expected {tuple(want.shape)}"
+        gap = float((J - want).abs().max())
+        worst = max(worst, gap)
+        assert gap <= JACOBIAN_TOLERANCE * max(1.0, float(want.abs().max())), \
+            f"the offered Jacobian differs from torch.func's by {gap:.2e}"
+    return f"the offered Jacobian is torch.func's (worst {worst:.1e}) and its outputs are outputs'"
+
+
 RULES: dict[str, Callable[[Subject], str]] = {
     "outputs have shape (B, E, n, d) and are finite": rule_outputs,
     "the parameter count matches the trainable tensors": rule_param_count,
@@ -246,6 +275,7 @@ RULES: dict[str, Callable[[Subject], str]] = {
     "the identity adapter leaves the outputs unchanged": rule_identity,
     "replay equals the optimizer's forward": rule_replay,
     "the declared exact model agrees with the forward": rule_exact,
+    "an offered Jacobian is the outputs' own": rule_jacobian,
 }
 
 

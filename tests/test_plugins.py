@@ -134,6 +134,7 @@ def test_cli_searches_and_replays_a_plugin_method(tmp_path, capsys):
     ("NondeterministicInit", "the same seed gives the same result"),
     ("WrongShape", "outputs have shape (B, E, n, d) and are finite"),
     ("NaNOutputs", "outputs have shape (B, E, n, d) and are finite"),
+    ("SloppyJacobianLoRA", "an offered Jacobian is the outputs' own"),
 ])
 def test_broken_plugins_are_caught_with_the_rule_they_broke(name, rule):
     results = {r.rule: r for r in check_method(f"user_methods:{name}")}

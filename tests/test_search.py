@@ -179,6 +179,32 @@ def test_batched_jacobian_matches_per_problem_jacobians_in_both_modes():
         assert J.shape == (5, R, P) and torch.allclose(J, per_problem, rtol=1e-12, atol=1e-14)
 
 
+def test_jacobians_in_chunks_are_the_whole_batchs_and_a_method_can_supply_them(monkeypatch):
+    """_jacobian_at splits a batch into calls of JACOBIAN_CHUNK entries, with each problem's own
+    data; a method's own Jacobian (jacobian_of) replaces torch.func's, chunked alike."""
+    from peftaudit.search import optimize
+
+    gen = torch.Generator().manual_seed(4)
+    b, R, P = 7, 5, 3
+    A = torch.randn(b, R, P, generator=gen, dtype=torch.float64)
+    theta = torch.randn(b, P, generator=gen, dtype=torch.float64)
+
+    def residuals(t, A_b):  # (b,P) -> (b,R) with each problem's own matrix
+        return torch.tanh((A_b @ t.unsqueeze(2)).squeeze(2))
+
+    def jacobian_of(t, A_b):  # the same Jacobian, written out: diag(1 - tanh^2) A
+        return (1 - residuals(t, A_b).square()).unsqueeze(2) * A_b
+
+    whole = optimize._jacobian_at(residuals, theta, (A,), R)
+    calls = []
+    monkeypatch.setattr(optimize, "JACOBIAN_CHUNK", 2 * R * P)  # two problems a call
+    counted = lambda t, A_b: calls.append(t.shape[0]) or jacobian_of(t, A_b)  # noqa: E731
+    for supplied in (None, counted):
+        chunked = optimize._jacobian_at(residuals, theta, (A,), R, supplied)
+        assert torch.allclose(chunked, whole, rtol=1e-12, atol=1e-14)
+    assert calls == [2, 2, 2, 1]
+
+
 def test_levenberg_marquardt_drops_finished_and_stuck_problems_from_the_batch():
     """Solvable problems converge and leave; an unsolvable one (min loss 1) stalls and leaves
     long before the step budget: the batch shrinks, and the best points are returned."""

@@ -33,7 +33,11 @@ class Method(Protocol):
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor) -> Tensor:
         """Final states of the input positions, (B, E, n, d), for X of shape (B, E, n, d). A method
         may also take `keep=k` and return only the last k positions (B, E, k, d): the search then
-        asks for the target positions only (the built-in methods do; it is optional)."""
+        asks for the target positions only (the built-in methods do; it is optional). A method may
+        also offer `outputs_and_jacobian(spec, params, trainable, X, keep=k)` -> (the outputs
+        (B, E, k, d), their Jacobian (B, E*k*d, P) in the order of the trainable tensors' entries):
+        Levenberg-Marquardt then takes its Jacobians from it instead of torch.func (the built-in
+        prompt, prefix and LoRA methods do, through models/tangents.py)."""
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         """Trainable parameters of one problem at this size."""

@@ -35,6 +35,7 @@ SOLVED_MAX_ERROR = 1e-8
 FINISH_BAND = 1e4   # near misses: replayed max error within this factor of the tolerance
 FINISH_FACTOR = 20  # their finishing pass runs up to this many times the polish steps
 FINISH_STALL_FRACTION = 1e-6  # and stops only when a check window gains less than this fraction
+PATIENT_SLACK = 10.0  # later rounds drop a problem only if, at its rate, it needs 10x the steps left
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,10 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     """Levenberg-Marquardt first; the problems it leaves stuck explore with Adam from a fresh
     random point and get a second LM pass. `owners` (the instance of each row) ends all restarts
     of an instance at its first solved one; `patient` (later rounds: the instances that resisted
-    the first) keeps slowly converging problems instead of judging them hopeless. Returns each
-    problem's best trainable tensors."""
+    the first) judges a problem hopeless only at PATIENT_SLACK times the steps left, not 3x
+    (planted prompts at d = 32: 255 of 256 solved, as with no hopeless test at all, against 253
+    at 3x; at d = 64, 64 instances: 50 s against 78 s with none). Returns each problem's best
+    trainable tensors."""
     k = Y.shape[2]
     gen = torch.Generator().manual_seed(seed)
     template = method.init(spec, X.shape[0], size, gen, dtype=torch.float64, device=device)
@@ -239,7 +242,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     count = (lambda n: bar.update(n)) if bar is not None else None
     finishing = start is not None  # a finish is patient: it stops only when truly stalled
     stall = FINISH_STALL_FRACTION if finishing else O.STALL_FRACTION
-    hopeless = 0.0 if finishing or patient else O.HOPELESS_SLACK
+    hopeless = 0.0 if finishing else PATIENT_SLACK if patient else O.HOPELESS_SLACK
     mu_start = O.MU_MIN if finishing else O.MU_START  # near a solution, start as Gauss-Newton
     owner = None if owners is None else torch.as_tensor(list(owners), device=device)  # (B,)
     lm = lambda th, idx: levenberg_marquardt(residuals, th, take(data, idx), config.polish_steps,  # noqa: E731
