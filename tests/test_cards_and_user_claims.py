@@ -130,4 +130,4 @@ def test_example_plugin_installed_with_pip_gets_audited_carded_and_tested(tmp_pa
     tests = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--peftaudit", "--peftaudit-claims", "L1",
                   "--peftaudit-methods", "mlp-prompt", "--peftaudit-conformance", "mlp-prompt"], env, project)
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "11 passed" in tests.stdout  # the placeholder, the L1 audit item and 9 conformance rules
+    assert "12 passed" in tests.stdout  # the placeholder, the L1 audit item and 10 conformance rules
