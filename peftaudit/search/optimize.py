@@ -24,9 +24,9 @@ HOPELESS_SLACK = 3.0   # LM drops a problem that, at its current rate, would nee
 HOPELESS_AFTER = 16    # but not in its first two windows, where LM is still finding its trust region
 MU_START = 1e-3        # LM initial damping, relative to the largest diagonal of the normal system
 MU_MAX = 1e12          # LM damping ceiling; a problem pinned there makes no progress
-JACOBIAN_CHUNK = 2**20  # Jacobian entries per call (8 MB in float64)
 MU_MIN = 1e-16         # LM damping floor, relative to the largest diagonal of the normal system: low
                        # enough to resolve singular values ~1e-7 of the largest (ill-conditioned solutions)
+JACOBIAN_CHUNK = 2**20  # Jacobian entries per call on the CPU (8 MB in float64)
 
 
 def flat(trainable: dict[str, Tensor]) -> Tensor:
@@ -160,15 +160,15 @@ def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Te
 def _jacobian_at(residuals: Residuals, theta: Tensor, data: tuple, R: int,
                  jacobian_of: Residuals | None = None) -> Tensor:
     """Finite per-problem Jacobians (b, R, P) of residuals(theta, *data): by jacobian_of(theta,
-    *data) where the method gives one, else by torch.func. JACOBIAN_CHUNK numbers at a time: the
-    intermediate tangents of one call are as large as its Jacobians, and past a few MB they leave
-    the cache (torch.func, planted LoRA at d = 64: 1.2 ms per problem in calls of 64 problems,
-    1.9 ms in calls of 256)."""
+    *data) where the method gives one, else by torch.func. On the CPU JACOBIAN_CHUNK numbers at a
+    time: the intermediate tangents of one call are as large as its Jacobians, and past a few MB
+    they leave the cache (torch.func, planted LoRA at d = 64: 1.2 ms per problem in calls of 64
+    problems, 1.9 ms in calls of 256); a GPU gets the whole batch at once."""
     def part(th: Tensor, d: tuple) -> Tensor:
         J = jacobian_of(th, *d) if jacobian_of is not None else jacobian(lambda t: residuals(t, *d), th, R)
         return torch.nan_to_num(J)
     b, P = theta.shape
-    step = max(1, JACOBIAN_CHUNK // (R * P))
+    step = max(1, JACOBIAN_CHUNK // (R * P)) if theta.device.type == "cpu" else b
     if b <= step:
         return part(theta, data)
     pieces = [torch.arange(i, min(i + step, b), device=theta.device) for i in range(0, b, step)]
@@ -192,11 +192,12 @@ def levenberg_marquardt(residuals: Residuals, theta: Tensor, data: tuple, steps:
     Problems whose max abs residual is at most `done_error` leave the batch (on the CPU after
     every step, elsewhere every CHECK_EVERY steps), and every CHECK_EVERY steps so do those whose
     loss fell by less than `stall_fraction` over the window or whose damping hit MU_MAX; on the
-    CPU a rejected step keeps its problem's Jacobian for the next try. `jacobian_of(theta, *data)`
-    (b, R, P), where given, replaces torch.func's Jacobian of `residuals`. With `owners` (B,) (the instance each problem is a restart of), so do the siblings of
-    a finished problem: the first solved restart ends an instance. Returns each problem's final point, loss and max abs residual (accepted steps only
-    ever lower the loss, so the final point is the best one). `on_step(n)` gets the problems
-    still in the batch after each step.
+    CPU a rejected step keeps its problem's Jacobian for the next try. With `owners` (B,) (the
+    instance each problem is a restart of), so do the siblings of a finished problem: the first
+    solved restart ends an instance. `jacobian_of(theta, *data)` (b, R, P), where given, replaces
+    torch.func's Jacobian of `residuals`. Returns each problem's final point, loss and max abs
+    residual (accepted steps only ever lower the loss, so the final point is the best one).
+    `on_step(n)` gets the problems still in the batch after each step.
     """
     B, P = theta.shape
     theta = theta.detach().clone()
