@@ -237,13 +237,24 @@ def rule_exact(s: Subject) -> str:
     return f"the forward lies within {worst:.1e} of the exact model's enclosure"
 
 
+def torch_func_jacobian(method, spec, W: dict, trainable: dict, X: torch.Tensor, keep: int | None) -> torch.Tensor:
+    """Every problem's Jacobian (B, R, P) of its flattened outputs in its flat parameters, by
+    torch.func.jacfwd of the method's own `outputs`: the reference an offered Jacobian must meet."""
+    from peftaudit.search.optimize import flat, unflat
+
+    def one(theta, Wb, Xb):  # one problem's flat outputs
+        return method.outputs(spec, {n: w[None] for n, w in Wb.items()}, unflat(theta[None], trainable), Xb[None],
+                              keep=keep).reshape(-1)
+
+    return torch.func.vmap(torch.func.jacfwd(one))(flat(trainable), W, X)
+
+
 def rule_jacobian(s: Subject) -> str:
     """A method's own `outputs_and_jacobian`, which LM trusts in place of torch.func, against
     its `outputs` and torch.func.jacfwd of them, at the target positions the search asks for."""
     offered = getattr(s.method, "outputs_and_jacobian", None)
     if not callable(offered):
         return "no Jacobian offered: the search differentiates the outputs with torch.func"
-    from peftaudit.search.optimize import flat, unflat
     worst = 0.0
     for inst in s.instances:
         W, X, _ = _data([inst] * 2, [0, 1])
@@ -251,12 +262,7 @@ def rule_jacobian(s: Subject) -> str:
         out, J = offered(inst.spec, W, trainable, X, keep=k)
         ok, gap = _close(out, s.method.outputs(inst.spec, W, trainable, X, keep=k))
         assert ok, f"outputs_and_jacobian's outputs differ from outputs' by {gap:.2e}"
-
-        def one(theta, Wb, Xb, inst=inst, k=k, trainable=trainable):  # one problem's flat outputs
-            return s.method.outputs(inst.spec, {n: w[None] for n, w in Wb.items()}, unflat(theta[None], trainable),
-                                    Xb[None], keep=k).reshape(-1)
-
-        want = torch.func.vmap(torch.func.jacfwd(one))(flat(trainable), W, X)   # (B,R,P)
+        want = torch_func_jacobian(s.method, inst.spec, W, trainable, X, k)        # (B,R,P)
         assert tuple(J.shape) == tuple(want.shape), f"the Jacobian has shape {tuple(J.shape)}, expected {tuple(want.shape)}"
         gap = float((J - want).abs().max())
         worst = max(worst, gap)

@@ -152,9 +152,9 @@ METHODS_WITH_JACOBIAN = [("prompt", {}), ("prefix", {}), ("prefix-kv", {}), ("lo
 
 def _outputs_and_jacobian_against_torch_func(spec, name, options, keep):
     """A built-in method's written-out forward mode against its `outputs` and torch.func.jacfwd."""
+    from peftaudit.conformance import torch_func_jacobian
     from peftaudit.models.methods import get_method
     from peftaudit.models.transformer import stack_weights
-    from peftaudit.search.optimize import flat, unflat
 
     rng = np.random.default_rng(1)
     B, E, n = 3, 2, 3
@@ -163,12 +163,7 @@ def _outputs_and_jacobian_against_torch_func(spec, name, options, keep):
     method = get_method(name, **options)
     trainable = method.init(spec, B, 2, torch.Generator().manual_seed(2))
     out, J = method.outputs_and_jacobian(spec, W, trainable, X, keep=keep)
-
-    def one(theta, Wb, Xb):  # one problem's flattened outputs as a function of its parameters
-        return method.outputs(spec, {k: v[None] for k, v in Wb.items()}, unflat(theta[None], trainable), Xb[None],
-                              keep=keep).reshape(-1)
-
-    want = torch.func.vmap(torch.func.jacfwd(one))(flat(trainable), W, X)          # (B,R,P)
+    want = torch_func_jacobian(method, spec, W, trainable, X, keep)                 # (B,R,P)
     return out, method.outputs(spec, W, trainable, X, keep=keep), J, want
 
 
