@@ -100,8 +100,6 @@ def linear(Z: Tensor, dZ: "Tensor | Lead | None", W: Tensor,
         out = out + zv @ U.transpose(1, 2)                                         # (B,N,o)
         if d_in is not None:  # (dZ V^T) U^T
             d_out = d_out + _rows(_rows(d_in, Vm.transpose(1, 2)), U.transpose(1, 2))  # (B,...,V,o)
-        if lead:
-            return out.reshape(B, E, T, -1), Lead(d_out)
         if dV is not None:  # (Z dV^T) U^T
             r, P = dV.shape[1], dV.shape[2]
             zdv = (flat @ dV.reshape(B, r * P, i).transpose(1, 2))                 # (B,N,r*P)

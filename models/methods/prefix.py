@@ -20,16 +20,9 @@ from peftaudit.models.transformer import forward
 from .base import Params, check_size, project_rows, randn, register_method
 
 
-@register_method("prefix")
-class PrefixStates:
-    name = "prefix"
+class _Prefix:
+    """What both styles share: `forward` reads either from the prefix's tensor names."""
     size_name = "length"
-
-    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
-             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-        check_size(self.name, size)
-        return {f"layers.{li}.states": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)
-                for li in range(len(spec.layers))}  # each (B,m,d)
 
     def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
                 keep: int | None = None) -> Tensor:
@@ -40,9 +33,6 @@ class PrefixStates:
         """The outputs and their Jacobian in the prefix's entries, in one forward-mode pass."""
         return tangents.outputs_and_jacobian(spec, params, X, trainable, lambda duals: {"prefix": duals}, keep)
 
-    def param_count(self, spec: ModelSpec, size: int) -> int:
-        return size * spec.d * len(spec.layers)
-
     def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
         return ExactAdapter(prefix=dict(adapter))
 
@@ -51,10 +41,23 @@ class PrefixStates:
             project_rows(t, bound)
 
 
+@register_method("prefix")
+class PrefixStates(_Prefix):
+    name = "prefix"
+
+    def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
+             dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        check_size(self.name, size)
+        return {f"layers.{li}.states": randn(generator, batch, size, spec.d, scale=1.0, dtype=dtype, device=device)
+                for li in range(len(spec.layers))}  # each (B,m,d)
+
+    def param_count(self, spec: ModelSpec, size: int) -> int:
+        return size * spec.d * len(spec.layers)
+
+
 @register_method("prefix-kv")
-class PrefixKeyValue:
+class PrefixKeyValue(_Prefix):
     name = "prefix-kv"
-    size_name = "length"
 
     def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
              dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
@@ -67,21 +70,6 @@ class PrefixKeyValue:
                 out[p + "V"] = randn(generator, batch, size, head.v, scale=1.0, dtype=dtype, device=device)  # (B,m,v)
         return out
 
-    def outputs(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
-                keep: int | None = None) -> Tensor:
-        return forward(spec, params, X, prefix=trainable, keep=keep)
-
-    def outputs_and_jacobian(self, spec: ModelSpec, params: Params, trainable: Params, X: Tensor,
-                             keep: int | None = None) -> tuple[Tensor, Tensor]:
-        """The outputs and their Jacobian in the prefix's entries, in one forward-mode pass."""
-        return tangents.outputs_and_jacobian(spec, params, X, trainable, lambda duals: {"prefix": duals}, keep)
-
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return size * sum(h.k + h.v for layer in spec.layers for h in layer.heads)
 
-    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
-        return ExactAdapter(prefix=dict(adapter))
-
-    def project(self, trainable: dict[str, Tensor], bound: float) -> None:
-        for t in trainable.values():
-            project_rows(t, bound)
