@@ -208,15 +208,21 @@ def leakage_bound(grid: Grid, beta: float) -> float:
 MAX_K = 1024
 
 
+MIN_GAMMA_EXPONENT = -48  # ramps narrower than 2^-48 would need biases beyond binary64's 53 bits (g inexact)
+
+
 def choose(d: int, m: int, lipschitz: float, eps: float, p: int) -> tuple[int, float, float]:
     """(K, gamma, beta) from the documented bound, with V = m d and the band error taken as 2:
 
         d_p^p <= V (delta/2 + L delta/2 + lam)^p + V 2^p V (K - 1) gamma
 
     K: the least power of two with V^(1/p) (L + 1) / (2K) <= eps / 2; lam = eps / (4 V^(1/p)) through
-    beta = ceil(ln((n - 1) / lam)); gamma: the largest power of two with V^2 (K - 1) gamma 2^p <= (eps/4)^p.
-    The total is then at most (3 eps / 4)^p + (eps / 4)^p <= eps^p. The checker recomputes the bound
-    exactly from the model; these choices only make it hold."""
+    beta = ceil(ln((n - 1) / lam)), so the first term is at most (3 eps / 4)^p; gamma: the largest
+    power of two with V^2 (K - 1) gamma 2^p <= eps^p - (3 eps / 4)^p (the rest of the budget), so the
+    total is at most eps^p. The checker recomputes the bound exactly from the model; these choices
+    only make it hold. A p whose gamma falls below 2^MIN_GAMMA_EXPONENT is refused: g's weights
+    (slopes 1/gamma beside offsets of 1) would no longer be exact binary64 values, and the
+    construction would not be the documented g."""
     if not (isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 64):
         raise ValueError(f"p: expected an integer in 1..64, got {p!r}")
     if not (math.isfinite(eps) and eps > 0):
@@ -238,6 +244,11 @@ def choose(d: int, m: int, lipschitz: float, eps: float, p: int) -> tuple[int, f
                          "construction's limit of 2^20 cells") from None
     lam = eps / (4 * root)
     beta = float(math.ceil(math.log((grid.prompt_length + m - 1) / lam)))
-    gamma_max = min(1 / (4 * K), (eps / 4) ** p / (V * V * (K - 1) * 2 ** p))
-    gamma = 2.0 ** math.floor(math.log2(gamma_max))
-    return K, gamma, max(beta, 1.0)
+    # log2 of the band budget (eps^p - (3 eps/4)^p) / (V^2 (K - 1) 2^p), computed in logs (no underflow)
+    log2_gamma = p * math.log2(eps) + math.log2(1 - 0.75 ** p) - math.log2(V * V * (K - 1)) - p
+    exponent = min(math.floor(log2_gamma), -2 - int(math.log2(K)))  # and gamma <= 1/(4K)
+    if exponent < MIN_GAMMA_EXPONENT:
+        raise ValueError(f"p = {p} at eps = {eps} (d = {d}, m = {m}) needs ramps of width 2^{math.floor(log2_gamma)}, "
+                         f"below 2^{MIN_GAMMA_EXPONENT} where g's weights stay exact binary64 values; use a smaller p "
+                         "or a larger eps")
+    return K, 2.0 ** exponent, max(beta, 1.0)

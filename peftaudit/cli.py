@@ -620,7 +620,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"report: {result.out_dir}/report.md (also report.json, report.html)")
     if any(c["verdict"] == "ERROR" for c in result.report["claims"]):
         return 3
-    return 1 if result.refuted else 0
+    return 1 if result.refuted or result.not_shown else 0
 
 
 RESUME_FIXED = ("profile", "seed", "claims", "methods", "device", "out", "force", "no_calibration", "no_cards",
@@ -659,6 +659,22 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
 
 
 EXTRA_COMMANDS.append(_register_audit)
+
+
+def cmd_check_report(args: argparse.Namespace) -> int:
+    from peftaudit.audit.check_report import command
+    return command(args)
+
+
+def _register_check_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-report", help="re-check every certificate and witness of a report against the "
+                                            "instances its claims draw")
+    p.add_argument("folder", help="a report folder (holding report.json)")
+    p.add_argument("--claim", help="only this claim (default: every claim of the report)")
+    p.set_defaults(func=cmd_check_report)
+
+
+EXTRA_COMMANDS.append(_register_check_report)
 
 
 # ------------------------------------------------------------------ method cards

@@ -26,9 +26,16 @@ JACOBIAN_TOLERANCE = 1e-10  # and of two float64 Jacobians (other products, othe
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule's outcome; `skipped`: the rule judged nothing (an ability the method does not
+    offer), which is no pass: the pytest item is skipped with the detail as its reason."""
     rule: str
     ok: bool
     detail: str
+    skipped: bool = False
+
+
+class NotApplicable(Exception):
+    """The rule is about an ability the method does not offer: it judges nothing."""
 
 
 @dataclass
@@ -183,13 +190,13 @@ def rule_seeded(s: Subject) -> str:
 def rule_identity(s: Subject) -> str:
     identity = getattr(s.method, "identity_adapter", None)
     if not callable(identity):
-        return "no identity adapter declared"
+        raise NotApplicable("no identity adapter declared")
     from peftaudit.models.transformer import forward
     worst = 0.0
     for inst in s.instances:
         declared = identity(inst.spec, s.size)
         if declared is None:
-            return "no identity adapter declared"
+            raise NotApplicable("no identity adapter declared")
         base, tensors = declared
         W = {k: torch.as_tensor(np.asarray(v))[None] for k, v in base.items()}
         X = torch.as_tensor(inst.inputs())[None]
@@ -215,12 +222,13 @@ def rule_replay(s: Subject) -> str:
 def rule_exact(s: Subject) -> str:
     from peftaudit.models.interval import enclose_outputs, ends
     from peftaudit.models.methods.module_method import NoExactModel
+    from peftaudit.search.engine import exact_model
     inst = s.instances[0]
     adapter = {k: v[0].numpy() for k, v in _init(s, inst, 1, 3).items()}
     try:
-        exact = s.method.exact_adapter(adapter)
+        exact = exact_model(s.method, inst, adapter)  # the audit's own path: context, shapes checked
     except NoExactModel:
-        return "no exact model declared: float64 solutions never count as counterexamples"
+        raise NotApplicable("no exact model declared: float64 solutions never count as counterexamples") from None
     W, X, _ = _data([inst], [0])
     floats = s.method.outputs(inst.spec, W, {k: torch.as_tensor(v)[None] for k, v in adapter.items()}, X)[0]
     worst = 0.0
@@ -254,7 +262,7 @@ def rule_jacobian(s: Subject) -> str:
     its `outputs` and torch.func.jacfwd of them, at the target positions the search asks for."""
     offered = getattr(s.method, "outputs_and_jacobian", None)
     if not callable(offered):
-        return "no Jacobian offered: the search differentiates the outputs with torch.func"
+        raise NotApplicable("no Jacobian offered: the search differentiates the outputs with torch.func")
     worst = 0.0
     for inst in s.instances:
         W, X, _ = _data([inst] * 2, [0, 1])
@@ -299,6 +307,8 @@ def check_rule(rule: str, name: str, options: dict | None = None, size: int | No
     from peftaudit.models.methods.module_method import MethodContractError
     try:
         return RuleResult(rule, True, RULES[rule](subject(name, options, size)))
+    except NotApplicable as exc:
+        return RuleResult(rule, True, str(exc), skipped=True)
     except MethodContractError as exc:
         return RuleResult(rule, False, str(exc))  # names the rule it broke
     except AssertionError as exc:

@@ -2,8 +2,8 @@
 `pytest --peftaudit-conformance NAME` checks a method against every conformance rule, one item per rule.
 
 Loaded through the pytest11 entry point at every pytest start, so it imports nothing heavy
-(torch, z3) until an audit actually runs. Items fail when their claim comes out REFUTED or
-ERROR; the verdict and the replay commands reach JUnit XML as properties.
+(torch, z3) until an audit actually runs. Items fail when their claim comes out REFUTED,
+NOT-SHOWN or ERROR, and are skipped (never passed) when their method judged nothing; the verdict and the replay commands reach JUnit XML as properties.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class ConformanceItem(pytest.Item):
 
         result = check_rule(self.rule, self.method)
         self.user_properties.append(("detail", result.detail))
+        if result.skipped:  # the rule judged nothing: a skip with its reason, never a pass
+            pytest.skip(f"{self.method}: {result.detail}")
         if not result.ok:
             raise ConformanceFailure(f"{self.method} breaks the rule '{self.rule}': {result.detail}")
 
@@ -55,6 +57,19 @@ class ConformanceItem(pytest.Item):
 
 class AuditFailure(Exception):
     """A claim came out ERROR, or REFUTED when it was not registered to be."""
+
+
+def _judged_nothing(outcome, method: str | None) -> str:
+    """Why `method` took no part in the claim's verdict ("" when it did): it was only compared
+    (e.g. a weight-space method on a prompt claim), or never searched."""
+    if method is None:
+        return ""
+    claim = outcome.claim
+    if method == claim.subject or any(r.method == method for r in claim.falsifiers + claim.contrasts):
+        return ""
+    if any(label.split("[")[0].split("@")[0] == method and role == "falsifier" for label, role in outcome.added.items()):
+        return ""
+    return f"{method} is not among the claim's falsifiers or contrasts, so it was only compared"
 
 
 class AuditItem(pytest.Item):
@@ -82,7 +97,7 @@ class AuditItem(pytest.Item):
         expected = claim.get("expect") == "REFUTED" and claim["verdict"] == "REFUTED"
         if expected:
             self.user_properties.append(("expected", "refuted, as registered (an ablation or naive form)"))
-        if claim["verdict"] == "ERROR" or (claim["verdict"] == "REFUTED" and not expected):
+        if claim["verdict"] in ("ERROR", "NOT-SHOWN") or (claim["verdict"] == "REFUTED" and not expected):
             outcome = result.outcomes[0]
             replays = []
             for attempts in outcome.searches.values():
@@ -93,6 +108,9 @@ class AuditItem(pytest.Item):
             self.user_properties.append(("counterexamples", "; ".join(replays)))
             raise AuditFailure(f"{self.claim_id} is {claim['verdict']}: {claim['reason']}"
                                + ("\n  " + "\n  ".join(replays) if replays else ""))
+        idle = _judged_nothing(result.outcomes[0], self.method)
+        if idle:  # a pass here would be unearned: the item's method took no part in the verdict
+            pytest.skip(f"{self.claim_id} with {self.method}: {idle} (verdict {claim['verdict']})")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, AuditFailure):
@@ -138,6 +156,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             items.append(AuditItem.from_parent(session, name=f"peftaudit[{cid}-exact]", claim_id=cid, method=None))
             continue
         methods = list(extra)
+        if claim.subject and extra and claim.subject not in methods:  # the subject is never dropped
+            methods.insert(0, claim.subject)
         for run in () if extra else claim.falsifiers + claim.contrasts + claim.comparisons:
             if run.method not in methods:
                 methods.append(run.method)

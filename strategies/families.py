@@ -2,9 +2,9 @@
 
 Each family builds instances from a numpy Generator and a width d, and names the certificate
 that proves its instances unmemorizable by prompt tuning, where one exists (so it applies to a
-method that declares itself input-space). `random-K` families are random datasets of K
-examples (two tokens each, a target on the last token): how many examples a parameter budget
-memorizes is the method's capacity curve.
+method that declares itself input-space). `random-N` families (any N, the card uses
+N = 1, 2, 4, 8) are random datasets of N examples (two tokens each, a target on the last token):
+how many examples a parameter budget memorizes is the method's capacity curve.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from peftaudit.errors import UnknownNameError
+from peftaudit.errors import InputError, UnknownNameError
 from peftaudit.instance import Instance, make_instance
 from peftaudit.models.spec import simple_spec
 
@@ -58,10 +58,32 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 ]}
 
 
+MAX_EXAMPLES = 4096  # the largest N of a random-N family (memory stays small: two tokens an example)
+
+
+def family_name(family: str, examples: int | None = None) -> str:
+    """The family's name with its number of examples N: ("random", 6) -> "random-6". A named
+    family (l1, random-4, ...) is returned as it is when `examples` is None or agrees with it."""
+    if examples is None:
+        return family
+    if isinstance(examples, bool) or not isinstance(examples, int) or not 1 <= examples <= MAX_EXAMPLES:
+        raise InputError("examples", examples, f"an integer N with 1 <= N <= {MAX_EXAMPLES}")
+    if family != "random" and not (family.startswith("random-") and family == f"random-{examples}"):
+        raise InputError("examples", examples, f"no N for the family {family!r} (only 'random' takes a number "
+                                               "of examples, e.g. family='random', examples=6)")
+    return f"random-{examples}"
+
+
 def get_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise UnknownNameError("family", name, list(FAMILIES))
-    return FAMILIES[name]
+    """A named family; 'random-N' for any N in 1..MAX_EXAMPLES (N random examples)."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    count = name.rpartition("-")[2] if isinstance(name, str) and name.startswith("random-") else ""
+    if count.isdigit() and count == str(int(count)) and 1 <= int(count) <= MAX_EXAMPLES:
+        k = int(count)
+        return Family(name, f"{k} random example(s), random last-token targets",
+                      lambda rng, d: random_dataset(rng, d, k))
+    raise UnknownNameError("family", name, list(FAMILIES) + [f"random-N (1 <= N <= {MAX_EXAMPLES})"])
 
 
 def draw_family(name: str, count: int, d: int, seed: int) -> list[Instance]:

@@ -59,6 +59,27 @@ class NoExactModel(PeftauditError):
 
 
 @dataclass(frozen=True)
+class ExactContext:
+    """What `exact(adapter, context)` may need beside the adapter's own tensors."""
+    spec: ModelSpec
+    size: int
+    weight_shapes: dict[str, tuple[int, ...]]   # functional weight name -> shape (e.g. layers.0.heads.0.Wv)
+    constants: dict[str, np.ndarray]            # the transform's frozen tensors (buffers, frozen params) by module name
+    base: dict[str, str]                        # functional weight name -> where the transform moved it
+
+
+def _takes_context(exact: Callable) -> bool:
+    """`exact` takes (adapter, context), not (adapter) alone (the older form, still accepted)."""
+    import inspect
+    try:
+        params = [p for p in inspect.signature(exact).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+@dataclass(frozen=True)
 class Prepared:
     """One transformed module and where its tensors come from."""
     module: nn.Module
@@ -96,7 +117,9 @@ class ModuleMethod:
     def transform(self, module: TransformerModule, size: int) -> nn.Module:
         raise NotImplementedError
 
-    def exact(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter | None:
+    def exact(self, adapter: Mapping[str, np.ndarray], context: "ExactContext | None" = None) -> ExactAdapter | None:
+        """The exact model of one problem's tensors (module parameter names -> arrays), in the
+        functional weight names of models/spec.py; None: no exact model declared."""
         return None
 
     # -- the Method contract ------------------------------------------------------------------
@@ -138,8 +161,19 @@ class ModuleMethod:
             return None
         return template_weights(spec), {k: t[None] for k, t in self.prepare(spec, size).trainable.items()}
 
-    def exact_adapter(self, adapter: Mapping[str, np.ndarray]) -> ExactAdapter:
-        exact = self.exact(adapter)
+    def exact_adapter(self, adapter: Mapping[str, np.ndarray], spec: ModelSpec | None = None) -> ExactAdapter:
+        """The declared exact model of one problem's tensors. Given the instance's spec, `exact`
+        is called on this object's prepared module for that spec and size (the one conformance and
+        the search used) and may take a second argument, the ExactContext (shapes, frozen tensors)."""
+        if spec is not None and _takes_context(self.exact):
+            size = self.size_of(spec, {k: torch.as_tensor(np.asarray(v))[None] for k, v in adapter.items()})
+            prepared = self.prepare(spec, size)
+            context = ExactContext(spec, size, dict(spec.weight_shapes()),
+                                   {k: v.detach().cpu().numpy() for k, v in prepared.constants.items()},
+                                   dict(prepared.base))
+            exact = self.exact(adapter, context)
+        else:
+            exact = self.exact(adapter)
         if exact is None:
             raise NoExactModel(f"method {self.name!r} declares no exact model; its solutions are float64 only")
         return exact
@@ -204,11 +238,12 @@ class ModuleMethod:
 def module_method(name: str, transform: Callable[[TransformerModule, int], nn.Module], *,
                   size_name: str = "rank", sized: bool = True, identity: bool = False,
                   kind: str = "weight-space",
-                  exact: Callable[[Mapping[str, np.ndarray]], ExactAdapter | None] | None = None) -> type:
+                  exact: Callable[..., ExactAdapter | None] | None = None) -> type:
     """A ModuleMethod class from a plain transform, e.g.
     `module_method("my-lora", lambda m, r: inject_adapter_in_model(LoraConfig(r=r, ...), m))`."""
     attrs = {"name": name, "size_name": size_name, "sized": sized, "identity": identity, "kind": kind,
              "transform": lambda self, module, size: transform(module, size)}
     if exact is not None:
-        attrs["exact"] = lambda self, adapter: exact(adapter)
+        attrs["exact"] = (lambda self, adapter, context: exact(adapter, context)) if _takes_context(exact) \
+            else (lambda self, adapter: exact(adapter))
     return type(f"ModuleMethod[{name}]", (ModuleMethod,), attrs)

@@ -41,6 +41,11 @@ class AuditResult:
         """A claim was refuted that was not registered to be (ablations and naive forms are)."""
         return any(c["verdict"] == "REFUTED" and c.get("expect") != "REFUTED" for c in self.report["claims"])
 
+    @property
+    def not_shown(self) -> list[str]:
+        """The "can" claims some drawn instance of which carries no witness (they fail CI)."""
+        return [c["id"] for c in self.report["claims"] if c["verdict"] == "NOT-SHOWN"]
+
 
 def _check_methods(methods: Sequence[str]) -> None:
     from peftaudit.models.methods import get_method
@@ -158,10 +163,12 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
                 progress=progress, verbose=not quiet, claims=inline_claims)
     finally:
         bars.close()
-    outcomes, calibration, cards = merge_audit(plan, claims, results)
+    outcomes, calibration, cards = merge_audit(plan, claims, results,
+                                               read_stored=store.certificate if store is not None else None)
     report = {"schema": SCHEMA_VERSION, "provenance": provenance(plan.seed, plan.profile, plan.device, list(plan.argv)),
               "claims": [claim_json(o) for o in outcomes], "calibration": calibration}
     report["provenance"]["started"] = plan.started
+    report["provenance"]["instances"] = plan.instances  # None: the profile's count
     report["provenance"]["executor"] = {"backend": backend, "workers": workers, "cpus": os.cpu_count(),
                                         "resumed": len(plan.jobs) - len(todo)}
     if cards:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -89,13 +90,17 @@ def claim_json(o: ClaimOutcome) -> dict:
         "contrasts": {label: {"solved": sum(a.solved for a in att), "total": len(att), "results": _attempt_rows(att)}
                       for label, att in o.contrasts.items()},
         "comparisons": {label: _attempt_rows(att) for label, att in o.comparisons.items()},
-        "counterexamples": [], "violations": o.violations, "errors": o.errors,
+        "counterexamples": [], "search_witnesses": [], "violations": o.violations, "errors": o.errors,
         "method_errors": dict(o.method_errors),
         "parameter_table": c.parameter_table,
         "evidence": c.evidence, "study": o.study,
     }
     if c.parameter_table:
         out["parameters"] = parameter_rows(out)
+    from .universality import g_per_configuration
+    g_rows = g_per_configuration(certs) if c.evidence == "witness" else []
+    if g_rows:  # claim U: one g per configuration, shared by every target
+        out["g_per_configuration"] = g_rows
     return out
 
 
@@ -301,10 +306,21 @@ def markdown(report: dict) -> str:
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
         if c.get("study"):
             lines += study_markdown(c["study"], c)
+        if c.get("g_per_configuration"):
+            from .universality import g_markdown
+            lines += g_markdown(c["g_per_configuration"])
         shown, more = capped(c["counterexamples"], "counterexamples")
         for ce in shown:
             lines.append(f"- counterexample: `{ce['replay']}` (max error {ce['max_abs_error']:.2e}, numerical)")
         lines += [f"- {more}"] if more else []
+        shown, more = capped(c.get("search_witnesses", []), "witnesses")
+        for w in shown:
+            lines.append(f"- witness on instance {w['instance']} ({w['method']} size {w['size']}, exact model's max "
+                         f"error <= {w['exact_max_error'][1]:.2e}): `{w['replay']}`")
+        lines += [f"- {more}"] if more else []
+        if c.get("recheck") and c["verdict"] in ("CERTIFIED", "NOT-SHOWN"):
+            lines.append(f"- re-check every certificate and witness of this claim against the instances it draws: "
+                         f"`{c['recheck']}`")
         if c["kind"] == "cannot":
             shown, more = capped(c.get("witnesses", []), "witnesses")
             for w in shown:
@@ -415,11 +431,16 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, stor
                         c.setdefault("witnesses", []).append({
                             "instance": i, "certificate_file": f"certificates/{o.claim.id}-{i}.json",
                             "check": f"peftaudit check-certificate {out_dir}/certificates/{o.claim.id}-{i}.json"})
-            if o.claim.kind == "cannot":
+            if any(has_certificate(x) and x.get("status") == "certified" for x in o.certificates.values()) or \
+                    (o.claim.kind == "can" and o.claim.evidence != "witness"):
+                c["recheck"] = f"peftaudit check-report {shlex.quote(str(out_dir))} --claim {shlex.quote(o.claim.id)}"
+            if o.claim.evidence != "witness":
+                witnessed: set[int] = set()
                 for attempts in o.searches.values():
                     for a in attempts:
-                        if not a.rigorously_solved:
+                        if not a.rigorously_solved or (o.claim.kind == "can" and a.instance in witnessed):
                             continue
+                        witnessed.add(a.instance)
                         from peftaudit.search.adapters import replayed_figures, save_adapter
                         stem = f"{o.claim.id}-{a.instance}-{a.method}-{a.size}"
                         (tmp / "counterexamples").mkdir(exist_ok=True)
@@ -428,7 +449,7 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, stor
                                      a.method, a.options, a.size, a.adapter,
                                      replayed_figures(a.best_loss, a.max_abs_error, a.exact_max_error),
                                      claim=o.claim.id)
-                        c["counterexamples"].append({
+                        c["counterexamples" if o.claim.kind == "cannot" else "search_witnesses"].append({
                             "instance": a.instance, "method": a.method, "size": a.size,
                             "max_abs_error": a.max_abs_error, "exact_max_error": list(a.exact_max_error),
                             "instance_file": f"counterexamples/{stem}.instance.json",

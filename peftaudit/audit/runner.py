@@ -1,7 +1,9 @@
 """The audit runner: draw instances per claim, certify, check, search, contrast, calibrate, decide.
 
 Verdicts (DESIGN.md), never merged: CERTIFIED (every non-vacuous instance carries a certificate
-checked in exact arithmetic), REFUTED (a replayed counterexample), SURVIVED (budget spent,
+checked in exact arithmetic, or for a "can" claim a witness checked exactly or confirmed by the
+interval replay), REFUTED (a replayed counterexample), NOT-SHOWN (a "can" claim some instance of
+which has no witness: it fails CI), SURVIVED (a "cannot" claim: budget spent,
 nothing found, not everything certified), VACUOUS (no instance met the hypotheses), UNKNOWN
 (a certifier timed out or was inconclusive and nothing else decides), ERROR (an exception, or a
 soundness conflict such as a search result below a certified margin).
@@ -20,7 +22,7 @@ from peftaudit.instance import Instance
 from peftaudit.search.engine import Attempt, SearchConfig, confirm, search
 from peftaudit.settings import Profile
 
-VERDICTS = ("CERTIFIED", "REFUTED", "SURVIVED", "VACUOUS", "UNKNOWN", "ERROR")
+VERDICTS = ("CERTIFIED", "REFUTED", "NOT-SHOWN", "SURVIVED", "VACUOUS", "UNKNOWN", "ERROR")
 TOLERANCE = 1e-9          # certified means margin > TOLERANCE at the layer output
 SOLVED_MAX_ERROR = 1e-8   # a replayed max error at most this memorizes (numerically)
 
@@ -97,6 +99,28 @@ def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: lis
             outcome.method_errors[run.label] = traceback.format_exc(limit=8)
             continue
         out[run.label] = [replace(a, instance=indices[a.instance]) for a in attempts]
+    return out
+
+
+def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
+    """Every search's solutions with their exact-model enclosures: a counterexample ("cannot") or a
+    witness ("can") counts only once the exact model is enclosed. A method searched as a prompt
+    claim's falsifier because it declared itself input-space must declare a pure prompt as its
+    exact model. A declared exact model that does not fit is that method's ERROR (its evidence is
+    dropped), recorded among the claim's errors when the method is the claim's own."""
+    from peftaudit.models.methods.module_method import MethodContractError
+
+    out = {}
+    for label, attempts in outcome.searches.items():
+        inherited = outcome.added.get(label) == "falsifier"
+        try:
+            out[label] = confirm(attempts, outcome.instances, one_per_instance=outcome.claim.kind == "can",
+                                 prompt_only=inherited)
+        except MethodContractError as exc:
+            if label in outcome.added:
+                outcome.method_errors[label] = str(exc)
+            else:
+                outcome.errors.append(f"method {label}: {exc}")
     return out
 
 
@@ -198,37 +222,62 @@ def decide(outcome: ClaimOutcome) -> None:
                 outcome.reason += (f"; {len(solved)} float64 solution(s) not confirmed by the interval replay of "
                                    "the exact model")
     elif claim.evidence == "witness":  # "can", by construction: witnesses checked exactly
-        statuses = {i: outcome.certificates.get(i, {}).get("status") for i in active}
-        failed = [i for i, s in statuses.items() if s == "failed"]
-        certified = [i for i, s in statuses.items() if s == "certified"]
-        if failed:
-            outcome.verdict = "REFUTED"
-            outcome.reason = (f"the constructive witness fails its exact check on instance(s) {failed}: "
-                              + outcome.certificates[failed[0]]["reason"][:500])
-        elif len(certified) == len(active):
-            outcome.verdict = "CERTIFIED"
-            outcome.reason = (f"all {len(active)} instances carry a constructive witness checked in exact arithmetic; "
-                              f"e.g. instance {active[0]}: {outcome.certificates[active[0]]['reason'][:300]}")
-        else:
-            outcome.verdict = "UNKNOWN" if "unknown" in statuses.values() else "SURVIVED"
-            outcome.reason = (f"{len(certified)}/{len(active)} witnesses checked; the rest: "
-                              + "; ".join(f"instance {i}: {outcome.certificates.get(i, {}).get('reason', 'none')}"
-                                          for i in active if i not in certified)[:800])
-    else:  # "can": refuted by a checked certificate of impossibility
-        refuting = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
-        if refuting:
-            outcome.verdict = "REFUTED"
-            outcome.reason = f"checked certificates of impossibility on instances {refuting}"
-        else:
-            outcome.verdict = "SURVIVED"
-            solved_at = {a.instance for a in solved}
-            failures = [(i, min((a.max_abs_error for att in outcome.searches.values() for a in att if a.instance == i),
-                                default=math.inf)) for i in active if i not in solved_at]
-            outcome.reason = (f"search solved {len(solved_at)} of {len(active)} instances (evidence, not a proof); "
-                              "no certificate refutes")
-            if failures:
-                outcome.reason += "; not solved: " + ", ".join(f"instance {i} (best max error {e:.2e})"
-                                                               for i, e in failures[:20])
+        _decide_can_by_construction(outcome, active)
+    else:  # "can", by search: every instance needs a witness the exact model's replay confirms
+        _decide_can_by_search(outcome, active)
+
+
+def _not_shown(outcome: ClaimOutcome, reason: str) -> None:
+    outcome.verdict = "NOT-SHOWN"
+    outcome.reason = "not shown (fails CI): " + reason
+
+
+def _decide_can_by_construction(outcome: ClaimOutcome, active: list[int]) -> None:
+    """U, Z1-relu: CERTIFIED when every instance's constructed witness passes its exact check. A
+    witness the constructor built that fails the check is the constructor's ERROR (a bug in it,
+    never a refutation of the claim); instances without a witness leave the claim NOT-SHOWN."""
+    statuses = {i: outcome.certificates.get(i, {}).get("status") for i in active}
+    failed = [i for i, s in statuses.items() if s == "failed"]
+    certified = [i for i, s in statuses.items() if s == "certified"]
+    if failed:
+        outcome.verdict = "ERROR"
+        outcome.reason = (f"the constructor's witness fails its exact check on instance(s) {failed} (a defect of "
+                          f"the construction, not a refutation): " + outcome.certificates[failed[0]]["reason"][:500])
+    elif len(certified) == len(active):
+        outcome.verdict = "CERTIFIED"
+        outcome.reason = (f"all {len(active)} instances carry a constructive witness checked in exact arithmetic; "
+                          f"e.g. instance {active[0]}: {outcome.certificates[active[0]]['reason'][:300]}")
+    else:
+        _not_shown(outcome, f"{len(certified)}/{len(active)} witnesses checked; the rest: "
+                   + "; ".join(f"instance {i}: {outcome.certificates.get(i, {}).get('reason', 'none')}"
+                               for i in active if i not in certified)[:800])
+
+
+def _decide_can_by_search(outcome: ClaimOutcome, active: list[int]) -> None:
+    """A "can" claim about a method: REFUTED by a checked certificate of impossibility; CERTIFIED
+    when every instance carries a witness (an adapter of the claim's method whose memorization
+    the interval replay of the method's declared exact model confirms); else NOT-SHOWN, with the
+    instances that lack one. A float64 solution without a confirmed enclosure is no witness."""
+    refuting = [i for i in active if outcome.certificates.get(i, {}).get("status") == "certified"]
+    if refuting:
+        outcome.verdict = "REFUTED"
+        outcome.reason = f"checked certificates of impossibility on instances {refuting}"
+        return
+    attempts = [a for runs in outcome.searches.values() for a in runs]
+    witnessed = {a.instance for a in attempts if a.rigorously_solved}
+    unconfirmed = {a.instance for a in attempts if a.solved and not a.rigorously_solved} - witnessed
+    missing = [i for i in active if i not in witnessed]
+    if not missing:
+        worst = max(a.exact_max_error[1] for a in attempts if a.rigorously_solved)
+        outcome.verdict = "CERTIFIED"
+        outcome.reason = (f"all {len(active)} instances carry a witness: an adapter whose memorization the interval "
+                          f"replay of the method's exact model confirms (largest enclosed max error {worst:.2e})")
+        return
+    best = {i: min((a.max_abs_error for a in attempts if a.instance == i), default=math.inf) for i in missing}
+    detail = ", ".join(f"instance {i} ({'float64 solution, exact model not confirmed' if i in unconfirmed else f'best max error {best[i]:.2e}'})"
+                       for i in missing[:20])
+    _not_shown(outcome, f"{len(active) - len(missing)} of {len(active)} instances carry a confirmed witness; "
+               f"without one: {detail} (a search miss is no proof of impossibility either)")
 
 
 def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, start: int = 0,
@@ -256,14 +305,14 @@ def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, s
             outcome.certificates = {i: _certify_one(claim, outcome.instances[i], TOLERANCE) for i in active}
             log(f"{claim.id}: certified {sum(r['status'] == 'certified' for r in outcome.certificates.values())}"
                 f"/{len(active)}")
-        keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods)  # noqa: E731
+        keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods  # noqa: E731
+                                  or r.method == claim.subject)  # the claim's subject is never dropped
         extra_falsifiers, extra_comparisons = added_runs(claim, sorted(methods or ()), profile)
         outcome.added = {**{r.label: "comparison" for r in extra_comparisons},
                          **{r.label: "falsifier" for r in extra_falsifiers}}
         outcome.searches = _run_searches(keep(claim.falsifiers) + extra_falsifiers, outcome, active, profile, base,
                                          progress)
-        if claim.kind == "cannot":  # a counterexample counts only once the exact model is enclosed
-            outcome.searches = {k: confirm(v, outcome.instances) for k, v in outcome.searches.items()}
+        outcome.searches = _confirm_runs(outcome)
         outcome.contrasts = _run_searches(keep(claim.contrasts), outcome, active, profile, base, progress)
         outcome.comparisons = _run_searches(keep(claim.comparisons) + extra_comparisons, outcome, active, profile,
                                             base, progress)

@@ -81,3 +81,32 @@ def universality_figures(report: dict, plt, to_png) -> dict[str, bytes]:
     out["u_sizes.png"] = to_png(fig)
     plt.close(fig)
     return out
+
+
+def g_per_configuration(certificates: list[dict]) -> list[dict]:
+    """One row per configuration (d, m, K, gamma, beta) of the checked U witnesses: the SHA-256 of
+    its g (the checker rebuilt g and found the model equal to it) and the instances whose targets
+    share it. Two digests for one configuration would mean g depends on the target."""
+    rows: dict[str, dict] = {}
+    for x in certificates:
+        facts = x.get("established") or {}
+        if x.get("status") != "certified" or "g_sha256" not in facts:
+            continue
+        key = repr(sorted(facts["configuration"].items()))
+        row = rows.setdefault(key, {"configuration": facts["configuration"], "g_sha256": [], "instances": []})
+        if facts["g_sha256"] not in row["g_sha256"]:
+            row["g_sha256"].append(facts["g_sha256"])
+        row["instances"].append(x["instance"])
+    return list(rows.values())
+
+
+def g_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "One transformer g per configuration, shared by every target: the checker rebuilt g from its "
+             "documented parameters and found each witness's model equal to it (SHA-256 of g's weights):", "",
+             "| configuration | g SHA-256 | targets (instances) |", "|---|---|---|"]
+    for r in rows:
+        conf = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["configuration"].items())
+        lines.append(f"| {conf} | {' / '.join(r['g_sha256'])} | {', '.join(map(str, r['instances']))} |")
+    return lines + [""]

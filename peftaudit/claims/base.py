@@ -56,6 +56,7 @@ class Claim:
     parameter_table: bool = False  # report the parameters each method needed, per instance (L2's table)
     evidence: str = ""     # "witness": certify returns constructive witnesses (claim U)
     study: Callable | None = None  # (instances, certificate summaries, profile, seed, log) -> report section data
+    subject: str = ""      # the method the claim is about: --methods never drops its runs (user claims set it)
 
 
 _REGISTRY: dict[str, Claim] = {}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from peftaudit.audit.runner import ClaimOutcome, decide
+from typing import Callable
+
+from peftaudit.audit.runner import SOLVED_MAX_ERROR, ClaimOutcome, decide
 from peftaudit.claims import Claim
 from peftaudit.errors import PeftauditError
+from peftaudit.evidence import recheck_certificates, recheck_replays
+from peftaudit.settings import Profile
 
 from .plan import AuditPlan
 from .work import attempt_from_json
 
 
-def merge_claim(claim: Claim, results: list[dict]) -> ClaimOutcome:
-    """One claim's chunks (in instance order) as one outcome, decided by the verdict rules."""
-    from peftaudit.instance import from_dict
-
+def merge_claim(claim: Claim, results: list[dict], profile: Profile, seed: int,
+                read_stored: Callable[[dict], bytes] | None = None) -> ClaimOutcome:
+    """One claim's chunks (in instance order) as one outcome, its evidence checked again against
+    the claim's own draw (peftaudit/evidence.py), decided by the verdict rules."""
     o = ClaimOutcome(claim)
     o.instances = {}
     for r in sorted(results, key=lambda r: r["span"][0]):
@@ -29,15 +33,32 @@ def merge_claim(claim: Claim, results: list[dict]) -> ClaimOutcome:
         o.added.update(r.get("added", {}))
         o.violations.extend(r.get("violations", []))
         o.study = r.get("study") or o.study
-        o.instances.update({int(i): from_dict(doc) for i, doc in r.get("instances", {}).items()})
+    _recheck(o, profile, seed, read_stored)
     decide(o)
     return o
 
 
-def merge_audit(plan: AuditPlan, claims: list[Claim], results: dict[str, dict]) -> tuple[list[ClaimOutcome], dict, dict]:
-    """(outcomes in plan order, calibration by method, cards by method) from every job's result.
-    A calibration or card job that failed raises (its traceback named); claims never do."""
-    outcomes = [merge_claim(c, [results[j.key] for j in plan.jobs_of("claim", c.id)]) for c in claims]
+def _recheck(o: ClaimOutcome, profile: Profile, seed: int, read_stored) -> None:
+    """Every stored certificate and confirmed replay checked again on the instances the claim
+    draws (the stored instances are not trusted: the draw is reproducible from the seed)."""
+    try:
+        drawn = list(o.claim.draw(profile, seed))
+    except Exception as exc:  # noqa: BLE001 - a user's claim may raise anything
+        o.errors.append(f"the claim's draw failed while its evidence was read back: {type(exc).__name__}: {exc}")
+        return
+    o.instances = dict(enumerate(drawn))
+    o.errors.extend(recheck_certificates(o.certificates, drawn, o.claim.evidence == "witness", read_stored))
+    o.errors.extend(recheck_replays(o.searches, drawn, SOLVED_MAX_ERROR))
+
+
+def merge_audit(plan: AuditPlan, claims: list[Claim], results: dict[str, dict],
+                read_stored: Callable[[dict], bytes] | None = None) -> tuple[list[ClaimOutcome], dict, dict]:
+    """(outcomes in plan order, calibration by method, cards by method) from every job's result;
+    `read_stored` reads a certificate the store keeps in a file. A calibration or card job that
+    failed raises (its traceback named); claims never do."""
+    profile = plan.profile_settings()
+    outcomes = [merge_claim(c, [results[j.key] for j in plan.jobs_of("claim", c.id)], profile, plan.seed, read_stored)
+                for c in claims]
     calibration, cards = {}, {}
     for job in plan.jobs:
         if job.kind == "claim":

@@ -82,7 +82,7 @@ def outcome_to_json(o: ClaimOutcome) -> dict:
     for label, attempts in o.searches.items():
         rows = []
         for a in attempts:
-            keep = o.claim.kind == "cannot" and a.rigorously_solved
+            keep = a.rigorously_solved  # a counterexample ("cannot") or a witness ("can"): its file is written
             if keep:
                 saved[str(a.instance)] = to_dict(o.instances[a.instance])
             rows.append(attempt_to_json(a, keep))

@@ -147,11 +147,41 @@ def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tu
     return (loss if math.isfinite(loss) else math.inf), float(np.abs(err).max()) if np.isfinite(err).all() else math.inf
 
 
-def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tuple[float, float]:
+EXACT_FITS = "the declared exact model fits the instance"
+EXACT_IS_PROMPT = "an input-space method's exact model is a prompt"
+
+
+def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *, prompt_only: bool = False):
+    """The method's declared exact model of `adapter` on `inst`, checked before it is believed:
+    an ExactAdapter whose every name and shape fits the instance's model, and (`prompt_only`, for
+    a method searched as a prompt claim's falsifier) a pure prompt. A false declaration is the
+    method's MethodContractError naming the rule; NoExactModel passes through."""
+    from peftaudit.models.exact_shapes import adapter_mismatch, is_pure_prompt
+    from peftaudit.models.interval import ExactAdapter
+    from peftaudit.models.methods.module_method import MethodContractError, ModuleMethod
+
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in adapter.items()}
+    exact = method.exact_adapter(arrays, spec=inst.spec) if isinstance(method, ModuleMethod) \
+        else method.exact_adapter(arrays)
+    name = getattr(method, "name", "?")
+    if not isinstance(exact, ExactAdapter):
+        raise MethodContractError(name, EXACT_FITS, f"exact gave {type(exact).__name__}, not an ExactAdapter")
+    problem = adapter_mismatch(inst.spec, inst.weights, exact)
+    if problem:
+        raise MethodContractError(name, EXACT_FITS, problem)
+    if prompt_only and not is_pure_prompt(exact):
+        used = [f for f in ("prefix", "low_rank", "delta", "row_norm", "row_scale", "col_scale", "kron") if getattr(exact, f)]
+        raise MethodContractError(name, EXACT_IS_PROMPT, f"it declares kind 'input-space' and was searched as a prompt "
+                                                        f"claim's falsifier, but its exact model uses {', '.join(used) or 'no prompt'}")
+    return exact
+
+
+def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *,
+                    prompt_only: bool = False) -> tuple[float, float]:
     """An enclosure [lo, hi] of the exact model's max error over every example (interval arithmetic)."""
     from peftaudit.models.interval import max_error_enclosure
 
-    exact = method.exact_adapter({k: np.asarray(v, dtype=np.float64) for k, v in adapter.items()})
+    exact = exact_model(method, inst, adapter, prompt_only=prompt_only)
     lo = hi = 0.0
     for ex in inst.dataset:
         a, b = max_error_enclosure(inst.spec, inst.weights, ex.X, ex.Y, exact)
@@ -159,20 +189,26 @@ def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarra
     return lo, hi
 
 
-def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance]) -> list[Attempt]:
+def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance], *,
+            one_per_instance: bool = False, prompt_only: bool = False) -> list[Attempt]:
     """Attach the exact-model enclosure to every numerically solved attempt (others unchanged). A
     method that declares no exact model (a module method without `exact`) gets none, so its
-    float64 solutions never count as counterexamples."""
+    float64 solutions never count as counterexamples or witnesses. `one_per_instance`: stop
+    replaying an instance's attempts once one is confirmed (a "can" claim needs one witness).
+    `prompt_only`: the method was searched as a prompt claim's falsifier (exact_model)."""
     from peftaudit.models.methods.module_method import NoExactModel
 
-    out = []
+    out, witnessed = [], set()
     for a in attempts:
-        if a.solved:
+        if a.solved and not (one_per_instance and a.instance in witnessed):
             method = get_method(a.method, **a.options)
             try:
-                a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter))
+                a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter,
+                                                               prompt_only=prompt_only))
             except NoExactModel:
                 pass
+            if a.rigorously_solved:
+                witnessed.add(a.instance)
         out.append(a)
     return out
 

@@ -35,6 +35,7 @@ from .exact import BeyondLimits, exp_bounds, get
 from .instance import Instance
 from .reading import MalformedCertificate, binary64, rational
 from .result import CheckResult
+from .u_construction import construction_mismatch, model_digest
 
 MAX_VARIABLES = 16
 MAX_CELLS = 1 << 16
@@ -465,6 +466,12 @@ def check_u(cert: dict, inst: Instance) -> CheckResult:
     if work > MAX_WORK:
         raise MalformedCertificate(f"prompt: {len(prompt)} tokens against {len(inst.dataset)} cells exceed the "
                                    f"checker's limit (cells x prompt length x m <= {MAX_WORK})")
+    beta = binary64(get(get(inst.meta, "u", "instance.meta"), "beta", "meta.u"), "meta.u.beta")
+    if beta <= 0:
+        raise MalformedCertificate("meta.u.beta: expected a positive logit scale")
+    unlike = construction_mismatch(inst, d, m, K, gamma, beta)
+    if unlike:  # universality is one g for every f: a g built for its target proves only an approximation
+        return CheckResult(False, unlike)
     try:
         cells = _cells(inst, g)
         family, params = g["target"]
@@ -508,7 +515,8 @@ def check_u(cert: dict, inst: Instance) -> CheckResult:
              "softmax_remainder": float(lam_read), "band_error": float(M),
              "min_logit_gap": float(gap) if gap is not None else None,
              "dp_bound": float(bound) ** (1 / p), "dp_bound_pow_p": f"{bound.numerator}/{bound.denominator}",
-             "eps": float(eps), "p": p}
+             "eps": float(eps), "p": p, "g_sha256": model_digest(inst),
+             "configuration": {"d": d, "m": m, "K": K, "gamma": float(gamma), "beta": float(beta)}}
     if bound > (eps - margin) ** p:
         return CheckResult(False, f"the d_p bound {float(bound) ** (1 / p):.6g} exceeds eps - margin = "
                                   f"{float(eps - margin):.6g} (hardmax exact on all {len(cells)} cells)", facts=facts)

@@ -124,8 +124,8 @@ def check_z1_relu(cert: dict, inst: ReluInstance) -> CheckResult:
     bound = max(delta)
     facts = {"rank": R, "rank_needed": -(-D * Lbar // L), "sup_error": float(bound), "groups": Lbar,
              "layers_per_group": M}
-    if R < facts["rank_needed"]:
-        return CheckResult(False, f"rank {R} is below ceil(D L_bar / L) = {facts['rank_needed']}", facts=facts)
+    if R != facts["rank_needed"]:  # the claim is about this rank: a witness of another proves another statement
+        return CheckResult(False, f"rank {R} is not the claim's ceil(D L_bar / L) = {facts['rank_needed']}", facts=facts)
     if bound > epsilon:
         return CheckResult(False, f"sup over the domain of |f_adapted - f_bar| <= {float(bound):.3g} exceeds "
                                   f"epsilon = {float(epsilon):.3g}", facts=facts)
@@ -145,7 +145,11 @@ def check_z1_relu_unbounded(cert: dict, inst: ReluInstance) -> CheckResult:
         raise MalformedCertificate("margin: expected a positive number")
     gap = max(abs(a - b) for a, b in zip(_evaluate(adapted, x), _evaluate(inst.target, x)))
     outside = max(abs(v) for v in x) > inst.bound
-    facts = {"gap": float(gap), "point_norm_inf": float(max(abs(v) for v in x)), "outside": outside}
+    needed = -(-inst.d * len(inst.target) // len(inst.layers))
+    facts = {"gap": float(gap), "point_norm_inf": float(max(abs(v) for v in x)), "outside": outside,
+             "rank": R, "rank_needed": needed}
+    if R != needed:
+        return CheckResult(False, f"rank {R} is not the claim's ceil(D L_bar / L) = {needed}", facts=facts)
     if gap <= margin:
         return CheckResult(False, f"at the point the networks differ by {float(gap):.3g}, not more than the margin",
                            facts=facts)
