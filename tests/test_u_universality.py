@@ -195,7 +195,7 @@ def test_audit_certifies_u_and_reports_sizes_and_figures(tmp_path):
     assert result.outcomes[0].verdict == "CERTIFIED"
 
 
-def test_audit_refutes_u_when_a_witness_fails_its_check():
+def test_a_constructed_witness_that_fails_its_check_is_the_constructors_error_not_a_refutation():
     from peftaudit.audit.api import run_audit
 
     def tampered(inst, tolerance):
@@ -206,7 +206,7 @@ def test_audit_refutes_u_when_a_witness_fails_its_check():
     from dataclasses import replace
     result = run_audit([replace(claim, study=None)], calibration=False, progress=False, quiet=True)
     outcome = result.outcomes[0]
-    assert outcome.verdict == "REFUTED" and "fails its exact check" in outcome.reason
+    assert outcome.verdict == "ERROR" and "fails its exact check" in outcome.reason and "not a refutation" in outcome.reason
 
 
 def test_cli_generates_certifies_and_checks_a_u_witness(tmp_path):
