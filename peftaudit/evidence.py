@@ -72,8 +72,8 @@ def recheck_certificates(certificates: dict[int, dict], instances: Sequence, wit
         else:
             summary.update(checked=True, instance_sha256=checked.instance_sha256,
                            established=dict(checked.result.facts))
-            if checked.margin is not None:
-                summary["margin"] = float(checked.margin)
+            if checked.margin is not None and (witness or summary.get("margin") is not None):
+                summary["margin"] = float(checked.margin)  # the checker's, not the stored figure
     return problems
 
 
