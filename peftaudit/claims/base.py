@@ -33,10 +33,12 @@ class Claim:
     """A claim about what a PEFT method cannot (or can) learn, and how evidence counts.
 
     kind "cannot": a replayed adapter found by a falsifier refutes it; certificates support it.
-    kind "can": a checked certificate of impossibility refutes it; found adapters support it.
+    kind "can": a checked certificate of impossibility refutes it; it is CERTIFIED only when every
+    instance carries a witness (an adapter of the falsifier runs, here the claim's method, whose
+    memorization the interval replay of its exact model confirms), else NOT-SHOWN (fails CI).
     evidence "witness": certify builds a witness per instance, checked exactly. For "can" (U, Z1-relu)
-    every witness passing certifies the claim and one failing refutes it; for "cannot" (P1-encoder,
-    Z1-relu-unbounded) a passing witness is a counterexample and refutes it.
+    every witness passing certifies the claim, and one failing is the constructor's ERROR; for
+    "cannot" (P1-encoder, Z1-relu-unbounded) a passing witness is a counterexample and refutes it.
     """
     id: str
     title: str
