@@ -722,7 +722,7 @@ def _register_card(sub: argparse._SubParsersAction) -> None:
     p.add_argument("method", help="a registered name, an entry point of peftaudit.methods, or package.module:Name")
     p.add_argument("--targets", help="LoRA / peft target matrices among q,k,v,o,1,2")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option (repeatable)")
-    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default=None, help="default quick")
+    p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick", help="default quick")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--d", type=_bounded(2, 64, "a width from 2"), default=4, help="model width of the battery")
     p.add_argument("--count", type=_bounded(1, 64, "a count from 1"), default=3, help="instances per family")

@@ -132,3 +132,13 @@ def test_example_plugin_installed_with_pip_gets_audited_carded_and_tested(tmp_pa
     assert tests.returncode == 0, tests.stdout[-3000:]
     # the placeholder, the L1 audit item and 8 conformance rules; 2 rules skipped (no identity, no Jacobian)
     assert "10 passed, 2 skipped" in tests.stdout
+
+
+def test_card_command_works_without_profile(tmp_path, capsys):
+    """`peftaudit card METHOD` as the README writes it: the quick profile by default (was exit 2)."""
+    from peftaudit.cli import main
+
+    out = tmp_path / "card"
+    assert main(["card", "lora", "--families", "random-1", "--count", "1", "--out", str(out)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["profile"] == "quick" and "card:" in capsys.readouterr().out
