@@ -125,8 +125,15 @@ def _kron(shapes: dict, name: str, first, second, s) -> str | None:
     return _shaped("kron", name + " s", s, ())
 
 
+BEYOND_PROMPT = ("prefix", "low_rank", "delta", "row_norm", "row_scale", "col_scale", "kron")
+
+
+def beyond_prompt(adapter) -> list[str]:
+    """The fields of the adapter that do more than prepend tokens (empty for a pure prompt)."""
+    return [f for f in BEYOND_PROMPT if getattr(adapter, f)]
+
+
 def is_pure_prompt(adapter) -> bool:
     """The adapter only prepends tokens: what an input-space method's exact model must be."""
-    return adapter.prompt is not None and not any(
-        getattr(adapter, f) for f in ("prefix", "low_rank", "delta", "row_norm", "row_scale", "col_scale", "kron"))
+    return adapter.prompt is not None and not beyond_prompt(adapter)
 

@@ -59,15 +59,16 @@ class AuditFailure(Exception):
     """A claim came out ERROR, or REFUTED when it was not registered to be."""
 
 
-def _judged_nothing(outcome, method: str | None) -> str:
-    """Why `method` took no part in the claim's verdict ("" when it did): it was only compared
-    (e.g. a weight-space method on a prompt claim), or never searched."""
-    if method is None:
+def _judged_nothing(claim, method: str | None, profile: str) -> str:
+    """Why `method` took no part in the claim's verdict ("" when it did): it is not the claim's
+    subject, falsifier or contrast, and the audit's own rule (runner.added_runs) made it no
+    inherited falsifier, so it was only compared (e.g. a weight-space method on a prompt claim)."""
+    from peftaudit.audit.runner import added_runs
+    from peftaudit.settings import get_profile
+
+    if method is None or method == claim.subject or any(r.method == method for r in claim.falsifiers + claim.contrasts):
         return ""
-    claim = outcome.claim
-    if method == claim.subject or any(r.method == method for r in claim.falsifiers + claim.contrasts):
-        return ""
-    if any(label.split("[")[0].split("@")[0] == method and role == "falsifier" for label, role in outcome.added.items()):
+    if added_runs(claim, [method], get_profile(profile))[0]:
         return ""
     return f"{method} is not among the claim's falsifiers or contrasts, so it was only compared"
 
@@ -108,7 +109,7 @@ class AuditItem(pytest.Item):
             self.user_properties.append(("counterexamples", "; ".join(replays)))
             raise AuditFailure(f"{self.claim_id} is {claim['verdict']}: {claim['reason']}"
                                + ("\n  " + "\n  ".join(replays) if replays else ""))
-        idle = _judged_nothing(result.outcomes[0], self.method)
+        idle = _judged_nothing(result.outcomes[0].claim, self.method, cfg.getoption("peftaudit_profile"))
         if idle:  # a pass here would be unearned: the item's method took no part in the verdict
             pytest.skip(f"{self.claim_id} with {self.method}: {idle} (verdict {claim['verdict']})")
 

@@ -156,7 +156,7 @@ def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], 
     an ExactAdapter whose every name and shape fits the instance's model, and (`prompt_only`, for
     a method searched as a prompt claim's falsifier) a pure prompt. A false declaration is the
     method's MethodContractError naming the rule; NoExactModel passes through."""
-    from peftaudit.models.exact_shapes import adapter_mismatch, is_pure_prompt
+    from peftaudit.models.exact_shapes import adapter_mismatch, beyond_prompt, is_pure_prompt
     from peftaudit.models.interval import ExactAdapter
     from peftaudit.models.methods.module_method import MethodContractError, ModuleMethod
 
@@ -170,7 +170,7 @@ def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], 
     if problem:
         raise MethodContractError(name, EXACT_FITS, problem)
     if prompt_only and not is_pure_prompt(exact):
-        used = [f for f in ("prefix", "low_rank", "delta", "row_norm", "row_scale", "col_scale", "kron") if getattr(exact, f)]
+        used = beyond_prompt(exact)
         raise MethodContractError(name, EXACT_IS_PROMPT, f"it declares kind 'input-space' and was searched as a prompt "
                                                         f"claim's falsifier, but its exact model uses {', '.join(used) or 'no prompt'}")
     return exact
