@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from peftaudit.errors import InputError, PeftauditError, Terminated
-from peftaudit.limits import LIMITS, MAX_RESTARTS, MAX_SIZE
+from peftaudit.limits import LIMITS, MAX_INSTANCES, MAX_JOBS, MAX_RESTARTS, MAX_SEED, MAX_SIZE, MAX_THREADS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -32,21 +32,24 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_nonneg_int = _int_at_least(0, "an integer >= 0")
-_seed = _int_at_least(0, "a seed, an integer >= 0")
 
 
 def _bounded(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high]."""
+    """An argparse type: an integer in [low, high] (checked before the text is converted when
+    it is longer than the bound could be)."""
     parse_low = _int_at_least(low, what)
 
     def parse(text: str) -> int:
+        if len(text.strip()) > len(str(high)) + 1:
+            raise argparse.ArgumentTypeError(f"expected {what} (at most {high}), got {text[:40]!r}")
         value = parse_low(text)
         if value > high:
             raise argparse.ArgumentTypeError(f"expected {what} (at most {high}), got {value}")
         return value
     return parse
+
+
+_seed = _bounded(0, MAX_SEED, "a seed, an integer >= 0")
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -515,11 +518,12 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["quick", "ci", "thorough"], default="quick",
                    help="budget defaults (restarts, steps, polish steps)")
     p.add_argument("--restarts", type=_bounded(1, MAX_RESTARTS, "a restart count from 1"))
-    p.add_argument("--steps", type=_nonneg_int, help="Adam steps")
-    p.add_argument("--polish-steps", type=_nonneg_int, help="Levenberg-Marquardt steps")
+    p.add_argument("--steps", type=_bounded(0, 10**6, "a step count from 0"), help="Adam steps")
+    p.add_argument("--polish-steps", type=_bounded(0, 10**6, "a step count from 0"), help="Levenberg-Marquardt steps")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--max-memory", type=_positive_int, default=2048, help="memory budget in MB (chunks the batch)")
+    p.add_argument("--max-memory", type=_bounded(1, 2**20, "a budget in MB from 1"), default=2048,
+                   help="memory budget in MB (chunks the batch)")
     p.add_argument("--norm-bound", type=_positive_float,
                    help="project prompt/prefix tokens onto this Euclidean norm ball")
     p.add_argument("--json", action="store_true")
@@ -612,13 +616,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{'':<{width}} check: {w['check']}")
     for name, cal in result.report["calibration"].items():
         print(f"calibration {name}: recall {cal['recall']:.1%} ({cal['solved']}/{cal['total']})")
-    for c in result.report["claims"]:
-        for label, trace in c.get("method_errors", {}).items():
-            print(f"{c['id']}: method {label} ERROR: {trace.strip().splitlines()[-1][:110]}")
     for name, entry in (result.report.get("cards") or {}).items():
         print(f"method card of {name}: {result.out_dir}/{entry['folder']}/card.md")
+    errors = result.errors
+    for line in errors[:20]:
+        print(f"ERROR {line[:160]}")
+    if len(errors) > 20:
+        print(f"ERROR ... and {len(errors) - 20} more (see report.md)")
     print(f"report: {result.out_dir}/report.md (also report.json, report.html)")
-    if any(c["verdict"] == "ERROR" for c in result.report["claims"]):
+    if errors:
         return 3
     return 1 if result.refuted or result.not_shown else 0
 
@@ -636,14 +642,14 @@ def _register_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cards", action="store_true", default=None, help="no method cards for the methods --methods adds")
     p.add_argument("--card-families", help="the cards' families (comma-separated; default: all)")
     p.add_argument("--seed", type=_seed, default=None, help="default 0")
-    p.add_argument("--jobs", type=_positive_int, default=None,
+    p.add_argument("--jobs", type=_bounded(1, MAX_JOBS, "a number of workers from 1"), default=None,
                    help="workers running the audit's jobs (default: the number of CPUs)")
     p.add_argument("--backend", choices=["auto", "inline", "process", "ray"], default="auto",
                    help="who runs the jobs: inline (here), process (a local pool of --jobs spawned workers), ray "
                         "(Ray tasks; a local Ray with --jobs CPUs, or --address); auto: inline for --jobs 1, else process")
-    p.add_argument("--instances", type=_positive_int, default=None,
+    p.add_argument("--instances", type=_bounded(1, MAX_INSTANCES, "a number of instances from 1"), default=None,
                    help="instances per claim, overriding the profile's (claims with a fixed list, like U, keep theirs)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=_bounded(1, MAX_THREADS, "a number of torch threads from 1"), default=None,
                    help="torch threads of every job, on every backend (default 1: workers share the cores); "
                         "float results can depend on it, so it is part of the plan")
     p.add_argument("--address", help="with --backend ray: a running Ray cluster's address (default: start one here)")

@@ -31,3 +31,20 @@ class UnknownNameError(InputError):
 
     def __init__(self, kind: str, name: str, known: list[str]):
         super().__init__(kind, name, "one of " + ", ".join(sorted(known)))
+
+
+# What code a user brings (a method, a claim, a plugin module) may raise when it fails: any
+# Exception, and SystemExit (a `sys.exit` inside a plugin is that plugin's failure, not the
+# command's exit). Ctrl-C and SIGTERM (KeyboardInterrupt, Terminated) are not in it: they pass.
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """'ExcType: first line of the message', shortened: what a reason column or a terminal shows
+    of an exception (its traceback goes to a log file)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the code called sys.exit({exc.code!r})"[:limit]
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    shown = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."

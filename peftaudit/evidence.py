@@ -45,6 +45,7 @@ def recheck_certificates(certificates: dict[int, dict], instances: Sequence, wit
                          read_stored: Callable[[dict], bytes] | None) -> list[str]:
     """Check every "certified" summary's certificate again; return what failed, one line each.
     Each summary's margin and established facts are replaced by the checker's own."""
+    from peftaudit.errors import PeftauditError
     from peftaudit.verify.checkers import MalformedCertificate, check_bytes
 
     problems = []
@@ -58,7 +59,7 @@ def recheck_certificates(certificates: dict[int, dict], instances: Sequence, wit
                 problems.append(f"{where} is recorded as certified but no certificate was stored")
                 continue
             checked = check_bytes(data)
-        except (MalformedCertificate, OSError, ValueError) as exc:
+        except (MalformedCertificate, PeftauditError, OSError, ValueError) as exc:
             problems.append(f"{where} cannot be read back: {str(exc)[:300]}")
             continue
         if i >= len(instances) or checked.instance_sha256 != instance_digest(instances[i]):

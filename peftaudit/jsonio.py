@@ -15,6 +15,7 @@ Caps before any parsing: file size, nesting depth, token length; duplicate keys 
 from __future__ import annotations
 
 import json
+import errno
 import os
 import re
 import stat
@@ -111,15 +112,38 @@ def regular_file(path: str | Path, where: str, limit: int) -> int:
     return info.st_size
 
 
-def read_regular_file(path: str | Path, where: str, limit: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (no devices, FIFOs or folders)."""
+def read_regular_file(path: str | Path, where: str, limit: int = MAX_JSON_BYTES, *, follow_links: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (no devices, FIFOs or folders: the
+    file is opened without blocking and checked on its open descriptor). With follow_links=False
+    a symbolic link is refused too (files of a results store: nothing there may point outside)."""
     path = Path(path)
-    regular_file(path, where, limit)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    if not follow_links and path.is_symlink():  # where O_NOFOLLOW is missing, and for a clearer message
+        raise InputError(where, str(path), "a regular file, not a symbolic link")
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(where, str(path), "a regular file, not a symbolic link") from None
+        raise InputError(where, str(path), f"an existing readable file ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(where, str(path), "a regular file (not a folder, device or pipe)")
+        if info.st_size > limit:
+            raise InputError(where, f"{path} ({info.st_size} bytes)", f"a file of at most {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise InputError(where, str(path), f"a readable file ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if len(data) > limit:
         raise InputError(where, str(path), f"a file of at most {limit} bytes")
     return data

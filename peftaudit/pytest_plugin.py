@@ -11,6 +11,19 @@ from __future__ import annotations
 import pytest
 
 PROFILES = ("quick", "ci", "thorough")
+MAX_SEED = 2**32 - 1   # as peftaudit.limits.MAX_SEED (not imported here: the plugin loads at every pytest start)
+
+
+def _seed(config: pytest.Config) -> int:
+    """--peftaudit-seed as an integer, or a usage error naming it."""
+    text = str(config.getoption("peftaudit_seed"))
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise pytest.UsageError(f"--peftaudit-seed: got {text[:40]!r}, expected an integer in 0..{MAX_SEED}")
+    return value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -18,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--peftaudit", action="store_true", help="collect one audit item per (claim, method)")
     group.addoption("--peftaudit-profile", choices=PROFILES, default="quick", help="audit budget profile")
     group.addoption("--peftaudit-claims", default=None, help="comma-separated claim ids (default: all)")
-    group.addoption("--peftaudit-seed", type=int, default=0, help="audit seed")
+    group.addoption("--peftaudit-seed", default="0", help=f"audit seed, an integer in 0..{MAX_SEED}")
     group.addoption("--peftaudit-methods", default=None,
                     help="comma-separated methods to audit the claims with, yours included (package.module:Name "
                          "or an entry point); default: the methods each claim names")
@@ -85,10 +98,12 @@ class AuditItem(pytest.Item):
 
         cfg = self.config
         result = run_audit([get_claim(self.claim_id)], profile=cfg.getoption("peftaudit_profile"),
-                           seed=cfg.getoption("peftaudit_seed"), methods=[self.method] if self.method else None,
+                           seed=_seed(cfg), methods=[self.method] if self.method else None,
                            calibration=False,
                            progress=False, quiet=True, cards=False)
         claim = result.report["claims"][0]
+        if self.method in claim.get("not_applicable", {}):
+            pytest.skip(f"{self.claim_id} with {self.method}: not applicable ({claim['not_applicable'][self.method]})")
         for label, trace in claim.get("method_errors", {}).items():
             raise AuditFailure(f"{self.claim_id}: method {label} is ERROR:\n{trace}")
         self.user_properties.append(("verdict", claim["verdict"]))
@@ -131,7 +146,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for name in conformance:
             try:
                 get_method(name)
-            except InputError as exc:
+            except (InputError, Exception, SystemExit) as exc:  # noqa: BLE001 - any failing plugin is a usage error
                 raise pytest.UsageError(f"--peftaudit-conformance: {exc}") from None
             items.extend(ConformanceItem.from_parent(session, name=f"conformance[{name}: {rule}]", method=name,
                                                      rule=rule) for rule in RULES)
@@ -148,8 +163,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         claims = expand_claims(ids)
     except InputError as exc:  # an unknown id: one line naming the known ones, not an INTERNALERROR
         raise pytest.UsageError(f"--peftaudit-claims: {exc}") from None
+    _seed(config)
     extra = config.getoption("peftaudit_methods")
     extra = [m.strip() for m in extra.split(",") if m.strip()] if extra else []
+    from peftaudit.models.methods import get_method
+    for name in extra:
+        try:
+            get_method(name)
+        except (InputError, Exception, SystemExit) as exc:  # noqa: BLE001 - a failing plugin: a usage error
+            raise pytest.UsageError(f"--peftaudit-methods: {exc}") from None
     for claim in claims:
         cid = claim.id
         runs = claim.falsifiers + claim.contrasts + claim.comparisons
@@ -173,6 +195,6 @@ def peftaudit_audit(request: pytest.FixtureRequest):
     def run(claim, *, methods=None, profile=None, seed=None, calibration=False):
         from peftaudit.audit import run_audit
         return run_audit([claim], profile=profile or request.config.getoption("peftaudit_profile"),
-                         seed=request.config.getoption("peftaudit_seed") if seed is None else seed,
+                         seed=_seed(request.config) if seed is None else seed,
                          methods=methods, calibration=calibration, progress=False, quiet=True)
     return run

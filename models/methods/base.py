@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from peftaudit.errors import InputError, UnknownNameError
+from peftaudit.errors import PLUGIN_FAILURES, InputError, UnknownNameError, one_line
 from peftaudit.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ def _import_spec(spec: str) -> Callable[..., Method]:
         obj = import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise InputError("method", spec, f"an importable 'package.module:Name' ({type(exc).__name__}: {exc})") from None
+    except PLUGIN_FAILURES as exc:  # a missing module, a syntax error, a module that raises or exits
+        raise InputError("method", spec, f"an importable 'package.module:Name' ({one_line(exc)})") from None
     if not callable(obj):
         raise InputError("method", spec, "a method class or a factory returning a method")
     _REGISTRY[spec] = obj
@@ -113,6 +113,10 @@ def get_method(name: str, **options: object) -> Method:
         method = _REGISTRY[name](**options)
     except TypeError as exc:  # an option the method does not take
         raise InputError(f"{name} options", sorted(options), f"options the method takes ({exc})") from None
+    except InputError:
+        raise
+    except PLUGIN_FAILURES as exc:  # a plugin's constructor (or its entry point's import) failed
+        raise InputError("method", name, f"a method that can be constructed (it raised {one_line(exc)})") from None
     missing = [attr for attr in CONTRACT if not hasattr(method, attr)]
     if missing:
         raise InputError("method", name, f"an object with {', '.join(CONTRACT)} (it lacks {', '.join(missing)})")

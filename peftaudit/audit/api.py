@@ -14,15 +14,22 @@ from typing import Sequence
 
 from peftaudit.claims import Claim
 from peftaudit.errors import InputError
+from peftaudit.limits import MAX_JOBS, bounded_int
 from peftaudit.search.problems import resolve_device
 from peftaudit.settings import get_profile
 
 from .outdir import check_out_dir, check_resumable, set_aside
-from .report import SCHEMA_VERSION, claim_json, provenance, write_report
+from .report import SCHEMA_VERSION, claim_json, job_errors, provenance, write_report
 from .runner import ClaimOutcome, log_stderr
 
 
 BUILTIN_METHODS = ("prompt", "prefix", "prefix-kv", "lora", "full")
+
+
+def last_line(trace: str) -> str:
+    """The last line of a traceback (the exception and its message), shortened."""
+    lines = trace.strip().splitlines()
+    return (lines[-1] if lines else "")[:200]
 STORE = "store"
 
 
@@ -42,6 +49,19 @@ class AuditResult:
         return any(c["verdict"] == "REFUTED" and c.get("expect") != "REFUTED" for c in self.report["claims"])
 
     @property
+    def errors(self) -> list[str]:
+        """Everything that ended in ERROR, one line each: claims, methods --methods added (in a
+        claim or on their card) and calibration or card jobs that failed. Any makes `audit` exit 3."""
+        out = [f"{c['id']}: {c['reason'][:200]}" for c in self.report["claims"] if c["verdict"] == "ERROR"]
+        for c in self.report["claims"]:
+            out += [f"{c['id']}: method {label}: {last_line(trace)}" for label, trace in c["method_errors"].items()]
+        for name, entry in (self.report.get("cards") or {}).items():
+            out += [f"card of {name}: {problem}" for problem in entry["card"]["conflicts"]]
+            out += [f"card of {name}: {mname}: {last_line(trace)}" for mname, trace in entry["card"]["errors"].items()]
+        out += [f"job {e['job']}: {e['error']} (traceback in {e['log']})" for e in self.report.get("job_errors", [])]
+        return out
+
+    @property
     def not_shown(self) -> list[str]:
         """The "can" claims some drawn instance of which carries no witness (they fail CI)."""
         return [c["id"] for c in self.report["claims"] if c["verdict"] == "NOT-SHOWN"]
@@ -50,24 +70,27 @@ class AuditResult:
 def _check_methods(methods: Sequence[str]) -> None:
     from peftaudit.models.methods import get_method
     for m in methods:
-        try:  # unknown names (with the known ones listed) and unimportable plugins fail here
-            get_method(m)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
-            raise InputError("methods", m, f"a method that can be constructed (it raised "
-                                           f"{type(exc).__name__}: {exc})") from None
+        if not isinstance(m, str) or not m or len(m) > 300 or not m.isprintable():
+            raise InputError("methods", m, "method names: printable text of 1 to 300 characters")
+        get_method(m)  # unknown names (the known ones listed), unimportable or failing plugins: InputError
 
 
-def _backend(backend: str, jobs: int, claims: Sequence[Claim]) -> str:
+def _backend(backend: str, jobs: int, claims: Sequence[Claim], address: str | None = None) -> str:
     from peftaudit.claims.base import loads_in_workers
     from peftaudit.jobs.executors import BACKENDS
 
-    if jobs < 1:
-        raise InputError("jobs", jobs, "a positive number of worker processes")
+    bounded_int("jobs", jobs, 1, MAX_JOBS, "a number of workers")
     chosen = ("inline" if jobs == 1 else "process") if backend == "auto" else backend
     if chosen not in BACKENDS:
         raise InputError("backend", backend, "one of auto, " + ", ".join(BACKENDS))
+    most = max(4, 2 * (os.cpu_count() or 1))
+    if chosen == "process" and jobs > most:  # each worker is a Python with torch: memory, not speed
+        raise InputError("jobs", jobs, f"at most {most} local workers (2 per CPU) for --backend process")
+    if address is not None:
+        from peftaudit.jobs.executors import check_ray_address
+        if chosen != "ray":
+            raise InputError("--address", address, "--backend ray beside it (only Ray joins a cluster)")
+        check_ray_address(address)
     if chosen != "inline":
         foreign = [c.id for c in claims if not loads_in_workers(c)]
         if foreign:
@@ -99,7 +122,7 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
         check_out_dir(out, force)
     prof = get_profile(profile)
     resolved = expand_claims(claims or claim_ids())
-    chosen = _backend(backend, jobs, resolved)
+    chosen = _backend(backend, jobs, resolved, address)
     if methods is not None:
         _check_methods(methods)
     dev = resolve_device(device)
@@ -121,14 +144,16 @@ def resume_audit(folder: str | Path, *, jobs: int = 1, backend: str = "auto", ad
     holds are not run again, a damaged last line is redone, and the report is written there."""
     from peftaudit.claims import get_claim
     from peftaudit.jobs import ResultStore
+    from peftaudit.jobs.plan import check_jobs
 
     out_dir = check_resumable(folder)
     store = ResultStore(out_dir / STORE)
     plan = store.plan()
     claims = [get_claim(cid) for cid in plan.claims]
-    chosen = _backend(backend, jobs, claims)
+    chosen = _backend(backend, jobs, claims, address)
     if plan.methods:
         _check_methods(plan.methods)
+    check_jobs(plan, claims)
     resolve_device(plan.device)  # a run planned for CUDA needs CUDA to resume
     return _run(plan, claims, store, out_dir, chosen, jobs, address, progress, quiet)
 
@@ -141,7 +166,7 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
     from peftaudit.jobs.progress import JobProgress
 
     log = (lambda s: None) if quiet else log_stderr
-    results = store.read() if store is not None else {}
+    results = store.read({j.key: j for j in plan.jobs}) if store is not None else {}
     if store is not None and (results or store.dropped):
         log(f"resuming: {len(results)} of {len(plan.jobs)} jobs finished"
             + (f", {store.dropped} damaged line(s) dropped and redone" if store.dropped else ""))
@@ -163,10 +188,11 @@ def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, w
                 progress=progress, verbose=not quiet, claims=inline_claims)
     finally:
         bars.close()
-    outcomes, calibration, cards = merge_audit(plan, claims, results,
-                                               read_stored=store.certificate if store is not None else None)
+    outcomes, calibration, cards, failed = merge_audit(plan, claims, results,
+                                                       read_stored=store.certificate if store is not None else None)
     report = {"schema": SCHEMA_VERSION, "provenance": provenance(plan.seed, plan.profile, plan.device, list(plan.argv)),
-              "claims": [claim_json(o) for o in outcomes], "calibration": calibration}
+              "claims": [claim_json(o) for o in outcomes], "calibration": calibration,
+              "job_errors": job_errors(failed)}
     report["provenance"]["started"] = plan.started
     report["provenance"]["instances"] = plan.instances  # None: the profile's count
     report["provenance"]["executor"] = {"backend": backend, "workers": workers, "cpus": os.cpu_count(),

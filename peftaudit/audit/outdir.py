@@ -85,15 +85,21 @@ def install_run(tmp: Path, out_dir: Path) -> None:
     """Put the finished report folder `tmp` in place of the run's out_dir, taking its store along
     and removing a previous report that waited aside. Anything else found in out_dir is kept and
     the report is not installed."""
+    from peftaudit.jsonio import read_regular_file
+
     note = out_dir / ".previous"
-    previous = Path(note.read_text()) if note.is_file() else None
+    previous = None
+    if note.exists() or note.is_symlink():
+        try:  # the note this run wrote: a regular file, read without following a link or blocking
+            previous = Path(read_regular_file(note, ".previous", 4096, follow_links=False).decode())
+        except (InputError, UnicodeDecodeError):
+            previous = None
+        note.unlink()
     others = [p.name for p in out_dir.iterdir() if p.name not in ("store", ".previous")]
     if others:
         raise InputError("--out", str(out_dir), f"a folder holding only this run's store (it also holds {others[:5]}; "
                                                 f"the report was not written: move them away, then --resume)")
     os.replace(out_dir / "store", tmp / "store")
-    if previous is not None:
-        note.unlink()
     out_dir.rmdir()
     os.replace(tmp, out_dir)
     if previous is not None and previous.parent == out_dir.parent and previous.name.startswith(f".{out_dir.name}.previous-"):

@@ -20,9 +20,10 @@ from importlib import metadata
 from pathlib import Path
 from statistics import median
 
+from peftaudit.errors import PeftauditError
 from peftaudit.instance import save as save_instance
 
-from .runner import ClaimOutcome, finite
+from .runner import ClaimOutcome, finite, log_name
 
 SCHEMA_VERSION = "peftaudit.report/1"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -43,6 +44,18 @@ def provenance(seed: int, profile: str, device: str, argv: list[str]) -> dict:
     return {"seed": seed, "profile": profile, "device": device, "versions": versions, "git_commit": commit,
             "python": platform.python_version(), "command": ["peftaudit", *argv],
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def job_errors(failed: dict[str, str]) -> list[dict]:
+    """Failed calibration and card jobs as the report lists them: one line each, the traceback in
+    a log file of the report (written by write_report from "traceback")."""
+    import re
+    out = []
+    for key, trace in failed.items():
+        lines = trace.strip().splitlines()
+        out.append({"job": key, "error": (lines[-1] if lines else "failed")[:200],
+                    "log": f"logs/job-{re.sub(r'[^A-Za-z0-9_.+-]', '_', key)}.log", "traceback": trace})
+    return out
 
 
 STORE_KEYS = ("certificate", "certificate_stored", "certificate_sha256")  # where a certificate is, not data
@@ -91,7 +104,8 @@ def claim_json(o: ClaimOutcome) -> dict:
                       for label, att in o.contrasts.items()},
         "comparisons": {label: _attempt_rows(att) for label, att in o.comparisons.items()},
         "counterexamples": [], "search_witnesses": [], "violations": o.violations, "errors": o.errors,
-        "method_errors": dict(o.method_errors),
+        "method_errors": dict(o.method_errors), "not_applicable": dict(o.not_applicable),
+        "log": log_name(c.id) if o.tracebacks else None,
         "parameter_table": c.parameter_table,
         "evidence": c.evidence, "study": o.study,
     }
@@ -329,6 +343,8 @@ def markdown(report: dict) -> str:
         for label, trace in c.get("method_errors", {}).items():
             last = trace.strip().splitlines()[-1] if trace.strip() else ""
             lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
+        for method, why in c.get("not_applicable", {}).items():
+            lines.append(f"- not applicable to {method}: {why}")
         reasons: dict[str, int] = {}
         for why in c["vacuous_reasons"].values():
             reasons[why] = reasons.get(why, 0) + 1
@@ -336,6 +352,9 @@ def markdown(report: dict) -> str:
             lines.append(f"- vacuous instance{'s' if count > 1 else ''}" + (f" ({count})" if count > 1 else "")
                          + f": {why}")
     lines += card_summaries(report)
+    if report.get("job_errors"):
+        lines += ["", "## Jobs that failed (ERROR)", ""]
+        lines += [f"- `{e['job']}`: {e['error']} (traceback in `{e['log']}`)" for e in report["job_errors"]]
     return "\n".join(lines) + "\n"
 
 
@@ -399,12 +418,21 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
 # ------------------------------------------------------------------ writing
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """A hard link (no second copy on disk), or a copy where the file system has none."""
+def link_or_write(source: Path, data: bytes, target: Path) -> None:
+    """`target` holding `data` (the checked bytes of the store's `source`): a hard link to the
+    source where it is still a regular file with exactly those bytes (no second copy on disk),
+    else the bytes written (a link swapped in after the check is never carried into the report)."""
+    from peftaudit.errors import InputError
+    from peftaudit.jsonio import read_regular_file
+
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+        os.link(source, target, follow_symlinks=False)
+        if read_regular_file(target, "certificate", len(data), follow_links=False) == data:
+            return
+    except (OSError, InputError):
+        pass
+    target.unlink(missing_ok=True)
+    target.write_bytes(data)
 
 
 def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, store=None) -> Path:
@@ -425,8 +453,11 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, stor
                     if "certificate" in summary:
                         target.write_text(json.dumps(summary["certificate"]))
                     else:
-                        store.certificate(summary)  # checked against its SHA-256 first
-                        link_or_copy(store.folder / summary["certificate_stored"], target)
+                        try:
+                            data = store.certificate(summary)  # its name and SHA-256 checked first
+                        except PeftauditError:  # changed since written: the claim's ERROR already says so
+                            continue
+                        link_or_write(store.folder / summary["certificate_stored"], data, target)
                     if o.claim.evidence == "witness" and summary["status"] == "certified":
                         c.setdefault("witnesses", []).append({
                             "instance": i, "certificate_file": f"certificates/{o.claim.id}-{i}.json",
@@ -456,6 +487,12 @@ def write_report(report: dict, outcomes: list[ClaimOutcome], out_dir: Path, stor
                             "adapter_file": f"counterexamples/{stem}.adapter.json",
                             "replay": f"peftaudit replay {out_dir}/counterexamples/{stem}.instance.json "
                                       f"{out_dir}/counterexamples/{stem}.adapter.json"})
+            if o.tracebacks:  # the errors' tracebacks: the reason keeps one line per error
+                (tmp / "logs").mkdir(exist_ok=True)
+                (tmp / log_name(o.claim.id)).write_text("\n".join(o.tracebacks))
+        for failure in report.get("job_errors", []):
+            (tmp / "logs").mkdir(exist_ok=True)
+            (tmp / failure["log"]).write_text(failure.pop("traceback"))
         for entry in report.get("cards", {}).values():
             from peftaudit.card.render import write_files
             folder = tmp / entry["folder"]

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from peftaudit.claims import Claim, MethodRun
+from peftaudit.errors import PLUGIN_FAILURES, one_line
 from peftaudit.instance import Instance
-from peftaudit.search.engine import Attempt, SearchConfig, confirm, search
+from peftaudit.search.engine import Attempt, SearchConfig, confirm, non_finite, search
 from peftaudit.settings import Profile
 
 VERDICTS = ("CERTIFIED", "REFUTED", "NOT-SHOWN", "SURVIVED", "VACUOUS", "UNKNOWN", "ERROR")
@@ -39,8 +40,10 @@ class ClaimOutcome:
     searches: dict[str, list[Attempt]] = field(default_factory=dict)
     contrasts: dict[str, list[Attempt]] = field(default_factory=dict)
     comparisons: dict[str, list[Attempt]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)              # one line each (ERROR's reason)
+    tracebacks: list[str] = field(default_factory=list)          # of the errors, for the claim's log file
     method_errors: dict[str, str] = field(default_factory=dict)  # run label -> traceback (runs --methods added)
+    not_applicable: dict[str, str] = field(default_factory=dict)  # method -> why --methods did not run it here
     added: dict[str, str] = field(default_factory=dict)          # label -> role, for runs --methods added
     verdict: str = "ERROR"
     reason: str = ""
@@ -80,11 +83,24 @@ def _certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
     return summary
 
 
+def log_name(claim_id: str) -> str:
+    """The report's file for a claim's tracebacks (relative to the report folder)."""
+    import re
+    return f"logs/{re.sub(r'[^A-Za-z0-9_.+-]', '_', claim_id)}.log"
+
+
+def record_error(outcome: ClaimOutcome, exc: BaseException, context: str = "") -> None:
+    """An exception as one line among the claim's errors (what the reason shows), its traceback
+    kept for the report's log file."""
+    outcome.errors.append(f"{context}{one_line(exc)} (traceback in {log_name(outcome.claim.id)})")
+    outcome.tracebacks.append(f"{context}{traceback.format_exc(limit=12)}")
+
+
 def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: list[int], profile: Profile,
                   base: SearchConfig, progress: bool) -> dict[str, list[Attempt]]:
-    """Search with each run. A run that --methods added (a user's method) and that raises is
-    recorded as that method's ERROR, with its traceback, and the others go on; a built-in run
-    that raises ends the claim in ERROR."""
+    """Search with each run. A run that --methods added (a user's method) and that raises or
+    exits is recorded as that method's ERROR, with its traceback, and the others go on; a
+    built-in run that raises ends the claim in ERROR."""
     out = {}
     subset = [outcome.instances[i] for i in indices]
     for run in runs:
@@ -93,7 +109,7 @@ def _run_searches(runs: Sequence[MethodRun], outcome: ClaimOutcome, indices: lis
                          norm_bound=run.norm_bound)
         try:
             attempts = search(subset, config, progress=progress) if subset else []
-        except Exception:  # Ctrl-C and SIGTERM are BaseExceptions: they pass
+        except PLUGIN_FAILURES:  # Ctrl-C and SIGTERM are not among them: they pass
             if run.label not in outcome.added:
                 raise
             outcome.method_errors[run.label] = traceback.format_exc(limit=8)
@@ -121,20 +137,39 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
                 outcome.method_errors[label] = str(exc)
             else:
                 outcome.errors.append(f"method {label}: {exc}")
+        except PLUGIN_FAILURES as exc:  # a user's exact model that raises: that method's ERROR
+            if label not in outcome.added:
+                raise
+            outcome.method_errors[label] = f"its exact model failed: {one_line(exc)}\n{traceback.format_exc(limit=8)}"
     return out
 
 
-def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[tuple[MethodRun, ...], tuple[MethodRun, ...]]:
+def not_applicable(claim: Claim, instances: Sequence[object] | None = None) -> str:
+    """Why methods --methods adds are not run on the claim ("" when they are): a claim decided by
+    its constructions alone, or one whose instances are not transformer instances (Z1's are
+    linear models, which a PEFT method's search does not take)."""
+    if claim.evidence == "witness":
+        return f"{claim.id} is decided by its exact constructions; no method is searched on it"
+    if instances is not None and not all(isinstance(inst, Instance) for inst in instances):
+        kinds = sorted({type(inst).__name__ for inst in instances if not isinstance(inst, Instance)})
+        return f"{claim.id} draws {', '.join(kinds)} instances, not transformer instances a method can run on"
+    return ""
+
+
+def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: dict[str, str] | None = None
+               ) -> tuple[tuple[MethodRun, ...], tuple[MethodRun, ...]]:
     """Runs for methods the claim does not name (a user's method given to --methods). A method that
     declares itself input-space (it only prepends trainable tokens, its size being their number)
     inherits a "cannot" claim whose falsifier is prompt tuning, and is searched as a falsifier at
     that falsifier's sizes (L2 rules out short prompts only) and under its norm bound (M's prompts
     are bounded; a method that cannot be projected onto the ball is compared instead). Any other
-    method is a comparison, reported for context. Returns (falsifiers, comparisons)."""
+    method is a comparison, reported for context. Returns (falsifiers, comparisons). With
+    `failed`, a method that cannot be constructed here (e.g. only in a worker) is recorded there
+    (name -> one line) instead of raising."""
     from peftaudit.models.methods import get_method
     from peftaudit.models.methods.base import one_size
 
-    if claim.evidence == "witness":  # decided by its constructions; its study runs its own search
+    if not_applicable(claim):  # decided by its constructions; its study runs its own search
         return (), ()
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
     prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
@@ -142,7 +177,13 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile) -> tuple[
     for name in methods:
         if name in named:
             continue
-        method = get_method(name)
+        try:
+            method = get_method(name)
+        except PLUGIN_FAILURES as exc:
+            if failed is None:
+                raise
+            failed[name] = f"the method could not be constructed here: {one_line(exc)}"
+            continue
         sizes = (1,) if one_size(method) else tuple(profile.lengths)
         inherits = getattr(method, "kind", "") == "input-space" and claim.kind == "cannot" and prompt_runs
         if inherits and prompt_runs[0].norm_bound is not None and not getattr(method, "projectable", False):
@@ -161,7 +202,7 @@ def decide(outcome: ClaimOutcome) -> None:
     solved = [a for attempts in outcome.searches.values() for a in attempts if a.solved]
     found = [a for a in solved if a.rigorously_solved]
     for label, attempts in [*outcome.searches.items(), *outcome.contrasts.items(), *outcome.comparisons.items()]:
-        broken = sorted({a.instance for a in attempts if not math.isfinite(a.best_loss)})
+        broken = non_finite(attempts)
         if broken:  # every candidate of every restart replayed to NaN or Inf: the method is broken
             message = f"method {label} produced only non-finite outputs (NaN or Inf) on instance(s) {broken}"
             if label in outcome.added:
@@ -307,7 +348,14 @@ def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, s
                 f"/{len(active)}")
         keep = lambda runs: tuple(r for r in runs if methods is None or r.method in methods  # noqa: E731
                                   or r.method == claim.subject)  # the claim's subject is never dropped
-        extra_falsifiers, extra_comparisons = added_runs(claim, sorted(methods or ()), profile)
+        named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
+        why = not_applicable(claim, outcome.instances)
+        if why:
+            outcome.not_applicable = {m: why for m in sorted(methods or ()) if m not in named}
+        unbuilt: dict[str, str] = {}
+        extra_falsifiers, extra_comparisons = ((), ()) if why else added_runs(claim, sorted(methods or ()), profile,
+                                                                               failed=unbuilt)
+        outcome.method_errors.update(unbuilt)
         outcome.added = {**{r.label: "comparison" for r in extra_comparisons},
                          **{r.label: "falsifier" for r in extra_falsifiers}}
         outcome.searches = _run_searches(keep(claim.falsifiers) + extra_falsifiers, outcome, active, profile, base,
@@ -319,10 +367,8 @@ def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, s
         if claim.study is not None:
             outcome.study = claim.study(outcome.instances, outcome.certificates, profile, seed, log)
             outcome.violations.extend(outcome.study.get("violations", []))
-    except KeyboardInterrupt:
-        raise
-    except Exception:
-        outcome.errors.append(traceback.format_exc(limit=6))
+    except PLUGIN_FAILURES as exc:  # a claim's own code, a built-in run: the claim's ERROR, in one line
+        record_error(outcome, exc)
     return outcome
 
 

@@ -13,7 +13,6 @@ an empirical check of the declaration.
 
 from __future__ import annotations
 
-import math
 import statistics
 import traceback
 from dataclasses import replace
@@ -22,7 +21,8 @@ from typing import Callable, Sequence
 from peftaudit.limits import MAX_SIZE
 from peftaudit.models.methods import get_method
 from peftaudit.models.methods.base import one_size
-from peftaudit.search.engine import search
+from peftaudit.errors import PLUGIN_FAILURES
+from peftaudit.search.engine import non_finite, search
 from peftaudit.settings import Profile
 from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family, get_family
 
@@ -132,19 +132,26 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
         insts = draw_family(family, count, d, seed)
         spec = insts[0].spec
         for mname, mopts in methods.items():
+            if mname in errors:  # broken on an earlier family: once is enough
+                continue
             try:
                 method = get_method(mname, **mopts)
                 for size in sorted({s for s in sizes_for(method, spec, budgets).values() if s is not None}):
                     attempts = _run(mname, mopts, insts, size, base)
+                    broken = non_finite(attempts)
+                    if broken:  # outputs that are not numbers: the method's ERROR, not a capacity figure
+                        errors[mname] = (f"at size {size} it produced only non-finite outputs (NaN or Inf) on "
+                                         f"{family} instance(s) {broken}")
+                        break
                     if mname == name:
                         solved_by_subject.setdefault(family, set()).update(
                             (a.instance for a in attempts if a.solved))
-                    losses = [a.best_loss if math.isfinite(a.best_loss) else 1e300 for a in attempts]
+                    losses = [a.best_loss for a in attempts]
                     rows.append({"family": family, "method": mname, "size": size, "params": attempts[0].params,
                                  "median_best_loss": statistics.median(losses),
                                  "best_max_error": min(a.max_abs_error for a in attempts),
                                  "solved": sum(a.solved for a in attempts), "total": len(attempts)})
-            except Exception:  # a broken method is that method's ERROR on the card (Ctrl-C passes)
+            except PLUGIN_FAILURES:  # a broken method is that method's ERROR on the card (Ctrl-C passes)
                 errors[mname] = traceback.format_exc(limit=8)
         log(f"card {name}: {family} done")
     capacity = []
@@ -164,10 +171,13 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
             if summary["status"] == "certified" and summary["checked"]:
                 conflicts.append(f"{name} memorized l1 instance {i}, which a checked L1 certificate proves no "
                                  "prompt can: its declaration as input-space is false")
+    try:
+        declaration = declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0], base)
+    except PLUGIN_FAILURES:  # the method failed while its declaration was checked: its ERROR
+        declaration, errors[name] = None, errors.get(name) or traceback.format_exc(limit=8)
     return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": getattr(subject, "kind", ""), "d": d,
             "instances_per_family": count, "profile": profile.name, "seed": seed, "budgets": budgets,
             "families": {k: FAMILIES[k].description for k in chosen}, "rows": rows, "capacity": capacity,
             "impossibilities": impossibilities(subject),
-            "declaration": declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0],
-                                             base),
+            "declaration": declaration,
             "conflicts": conflicts, "errors": errors}

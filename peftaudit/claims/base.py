@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from peftaudit.errors import UnknownNameError
+from peftaudit.errors import PLUGIN_FAILURES, PeftauditError, UnknownNameError, one_line
 from peftaudit.instance import Instance
 from peftaudit.settings import Profile
 
 ENTRY_POINT_GROUP = "peftaudit.claims"
+
+
+class PluginLoadError(PeftauditError):
+    """A claims plugin that failed to load, raised where its claim is drawn."""
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,30 @@ def _load() -> None:
     _REGISTRY.update(reordered)
     from importlib.metadata import entry_points
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, Claim):
-            register_claim(obj)
-        elif callable(obj):
-            result = obj()
-            if isinstance(result, Claim):
-                register_claim(result)
+        try:
+            obj = ep.load()
+            result = obj if isinstance(obj, Claim) else obj() if callable(obj) else None
+        except PLUGIN_FAILURES as exc:  # a broken plugin: an ERROR of its own claim, the others run
+            register_claim(broken_plugin_claim(ep.name, ep.value, exc))
+            continue
+        if isinstance(result, Claim):
+            register_claim(result)
+        else:
+            register_claim(broken_plugin_claim(ep.name, ep.value, TypeError(
+                f"the entry point gives {type(result).__name__}, not a Claim (or a function returning one)")))
     _AT_LOAD.update(_REGISTRY)
+
+
+def broken_plugin_claim(name: str, target: str, exc: BaseException) -> Claim:
+    """A stand-in registered under a claims entry point that failed to load: every audit that
+    takes it (all claims, or --claims NAME) reports it as ERROR with the plugin's exception in one
+    line, and no other claim is touched."""
+    why = f"the claims plugin {name} ({target}) failed to load: {one_line(exc)}"
+
+    def draw(profile: Profile, seed: int) -> Sequence[Instance]:
+        raise PluginLoadError(why)
+    return Claim(id=name, title=f"claims plugin {name} (failed to load)", source=f"entry point {target}",
+                 formalization=why, kind="cannot", draw=draw, hypotheses=lambda inst: None, falsifiers=())
 
 
 def loads_in_workers(claim: Claim) -> bool:

@@ -79,6 +79,26 @@ def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, worker
     pool.shutdown()
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, within `timeout` seconds, a Ray address nothing answers at (ray.init would wait for
+    minutes): 'host:port' or 'ray://host:port' must accept a TCP connection; 'auto' is left to Ray."""
+    import re
+    import socket
+
+    if address == "auto":
+        return
+    match = re.fullmatch(r"(?:ray://)?\[?([A-Za-z0-9.:_-]+?)\]?:([0-9]{1,5})", address)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise InputError("--address", address, "a Ray cluster's address: host:port, ray://host:port or auto")
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InputError("--address", address, f"a running Ray cluster (nothing answers at {host}:{port} within "
+                                               f"{timeout:g} s: {exc.strerror or exc})") from None
+
+
 def run_ray(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int, address: str | None,
             verbose: bool) -> None:
     try:

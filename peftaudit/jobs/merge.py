@@ -6,7 +6,6 @@ from typing import Callable
 
 from peftaudit.audit.runner import SOLVED_MAX_ERROR, ClaimOutcome, decide
 from peftaudit.claims import Claim
-from peftaudit.errors import PeftauditError
 from peftaudit.evidence import recheck_certificates, recheck_replays
 from peftaudit.settings import Profile
 
@@ -29,7 +28,9 @@ def merge_claim(claim: Claim, results: list[dict], profile: Profile, seed: int,
             for label, rows in r.get(field, {}).items():
                 merged.setdefault(label, []).extend(attempt_from_json(a) for a in rows)
         o.errors.extend(r.get("errors", []))
+        o.tracebacks.extend(r.get("tracebacks", []))
         o.method_errors.update(r.get("method_errors", {}))
+        o.not_applicable.update(r.get("not_applicable", {}))
         o.added.update(r.get("added", {}))
         o.violations.extend(r.get("violations", []))
         o.study = r.get("study") or o.study
@@ -52,22 +53,24 @@ def _recheck(o: ClaimOutcome, profile: Profile, seed: int, read_stored) -> None:
 
 
 def merge_audit(plan: AuditPlan, claims: list[Claim], results: dict[str, dict],
-                read_stored: Callable[[dict], bytes] | None = None) -> tuple[list[ClaimOutcome], dict, dict]:
-    """(outcomes in plan order, calibration by method, cards by method) from every job's result;
-    `read_stored` reads a certificate the store keeps in a file. A calibration or card job that
-    failed raises (its traceback named); claims never do."""
+                read_stored: Callable[[dict], bytes] | None = None
+                ) -> tuple[list[ClaimOutcome], dict, dict, dict[str, str]]:
+    """(outcomes in plan order, calibration by method, cards by method, failed jobs) from every
+    job's result; `read_stored` reads a certificate the store keeps in a file. A calibration or
+    card job that failed is that job's ERROR (job key -> its traceback), the rest of the report
+    stands; claims carry their own errors."""
     profile = plan.profile_settings()
     outcomes = [merge_claim(c, [results[j.key] for j in plan.jobs_of("claim", c.id)], profile, plan.seed, read_stored)
                 for c in claims]
-    calibration, cards = {}, {}
+    calibration, cards, failed = {}, {}, {}
     for job in plan.jobs:
         if job.kind == "claim":
             continue
         r = results[job.key]
         if "error" in r:
-            raise PeftauditError(f"job {job.key} failed:\n{r['error']}")
-        if job.kind == "calibrate":
+            failed[job.key] = str(r["error"])
+        elif job.kind == "calibrate":
             calibration[job.name] = r["calibration"]
         else:
             cards[job.name] = r["card"]
-    return outcomes, calibration, cards
+    return outcomes, calibration, cards, failed

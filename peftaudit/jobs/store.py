@@ -8,6 +8,12 @@ so the job is simply run again. The first good line of a job wins.
 Certificates (the bulk of a result) go to files of their own, store/certificates/CLAIM-I.json,
 written whole before their job's line, which keeps only the file's name and SHA-256: the lines
 and the audit's memory stay small however many instances an audit has.
+
+A store is input on --resume: its folders must be real folders and its files regular files,
+opened without following links or blocking (a FIFO, a link to a user's file, a line naming
+/etc/passwd are refused), every line's result must have the form its job gives (else the line is
+dropped and the job redone), and a certificate is read only under the one name its job and
+instance give.
 """
 
 from __future__ import annotations
@@ -15,13 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 
 from peftaudit.errors import InputError, PeftauditError
 
-from .plan import AuditPlan
+from .plan import AuditPlan, Job
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+MAX_PLAN_BYTES = 256 * 2**20
+MAX_RESULTS_BYTES = 1 * 2**30
+MAX_CERTIFICATE_BYTES = 1 * 2**30
 PLAN_FILE = "plan.json"
 RESULTS_FILE = "results.jsonl"
 CERTIFICATES = "certificates"
@@ -39,6 +51,12 @@ class ResultStore:
         self.results_path = self.folder / RESULTS_FILE
         self.dropped = 0          # lines found damaged on the last read (their jobs are redone)
 
+    def _real_folder(self, path: Path) -> Path:
+        """`path` when it is a real folder (not a link) or absent; InputError otherwise."""
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise InputError("store", str(path), "a real folder of the audit's store (not a link or a file)")
+        return path
+
     # -------------------------------------------------------------- plan
     @classmethod
     def create(cls, folder: Path, plan: AuditPlan) -> "ResultStore":
@@ -52,43 +70,54 @@ class ResultStore:
         return cls(folder)
 
     def plan(self) -> AuditPlan:
-        path = self.folder / PLAN_FILE
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError("--resume", str(self.folder.parent), f"an unfinished audit folder with a readable "
-                                                                  f"store/{PLAN_FILE} ({exc})") from None
-        return AuditPlan.from_json(doc)
+        from peftaudit import jsonio
+
+        self._real_folder(self.folder)
+        data = jsonio.read_regular_file(self.folder / PLAN_FILE, f"store/{PLAN_FILE}", MAX_PLAN_BYTES,
+                                        follow_links=False)
+        return AuditPlan.from_json(jsonio.loads(data, f"store/{PLAN_FILE}"))
 
     # -------------------------------------------------------------- results
-    def read(self) -> dict[str, dict]:
+    def read(self, jobs: dict[str, Job] | None = None) -> dict[str, dict]:
         """Finished results by job key; damaged lines are counted in `dropped` and cut off the file's
-        end (a damaged line can only be the last one written)."""
+        end (a damaged line can only be the last one written). With `jobs` (key -> Job of the plan),
+        a line of no job of the plan, or whose result has not the form its job gives
+        (peftaudit/jobs/validate.py), is dropped too and its job redone."""
+        from peftaudit import jsonio
+
+        from .validate import result_problem
+
         results: dict[str, dict] = {}
         self.dropped = 0
         good_end = 0
         offset = 0
-        try:
-            data = self.results_path.read_bytes()
-        except FileNotFoundError:
+        self._real_folder(self.folder)
+        if not self.results_path.exists() and not self.results_path.is_symlink():
             return results
+        data = jsonio.read_regular_file(self.results_path, f"store/{RESULTS_FILE}", MAX_RESULTS_BYTES,
+                                        follow_links=False)
         for raw in data.splitlines(keepends=True):
             offset += len(raw)
             entry = None
             if raw.endswith(b"\n"):
                 try:
                     entry = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     entry = None
             if (not isinstance(entry, dict) or not isinstance(entry.get("result"), dict)
-                    or entry.get("sha256") != _digest(entry["result"]) or not isinstance(entry.get("job"), str)):
+                    or entry.get("sha256") != _digest(entry["result"]) or not isinstance(entry.get("job"), str)
+                    or (jobs is not None and (entry["job"] not in jobs
+                                              or result_problem(jobs[entry["job"]], entry["result"]) is not None))):
                 self.dropped += 1
                 continue
             results.setdefault(entry["job"], entry["result"])
             good_end = offset
         if good_end < len(data):  # a cut-off or damaged tail: remove it before appending
-            with open(self.results_path, "r+b") as fh:
-                fh.truncate(good_end)
+            fd = os.open(self.results_path, os.O_WRONLY | _NOFOLLOW)
+            try:
+                os.ftruncate(fd, good_end)
+            finally:
+                os.close(fd)
         return results
 
     def keep_certificates(self, result: dict) -> dict:
@@ -98,6 +127,7 @@ class ResultStore:
 
         if result.get("kind") != "claim" or not result.get("certificates"):
             return result
+        self._real_folder(self.folder / CERTIFICATES)
         summaries = {}
         for i, summary in result["certificates"].items():
             if "certificate" in summary:
@@ -110,8 +140,17 @@ class ResultStore:
         return {**result, "certificates": summaries}
 
     def certificate(self, summary: dict) -> bytes:
-        """A stored certificate's bytes, checked against the SHA-256 its job's line recorded."""
-        data = (self.folder / summary["certificate_stored"]).read_bytes()
+        """A stored certificate's bytes, checked against the SHA-256 its job's line recorded; read
+        only from a regular file directly in store/certificates, without following links."""
+        from peftaudit import jsonio
+
+        name = summary["certificate_stored"]
+        if not isinstance(name, str) or not re.fullmatch(rf"{CERTIFICATES}/[A-Za-z0-9_.+-]+-[0-9]+\.json", name) \
+                or ".." in name:
+            raise PeftauditError(f"store: a certificate named {str(name)[:80]!r}, not certificates/CLAIM-I.json")
+        self._real_folder(self.folder / CERTIFICATES)
+        data = jsonio.read_regular_file(self.folder / name, f"store/{name}", MAX_CERTIFICATE_BYTES,
+                                        follow_links=False)
         if hashlib.sha256(data).hexdigest() != summary["certificate_sha256"]:
             raise PeftauditError(f"store: {summary['certificate_stored']} does not match the SHA-256 its job "
                                  "recorded (changed after it was written)")
@@ -120,8 +159,10 @@ class ResultStore:
     def append(self, key: str, result: dict) -> None:
         """Append one finished job, durably (one write of the whole line, then fsync)."""
         line = json.dumps({"job": key, "sha256": _digest(result), "result": result}, sort_keys=True) + "\n"
-        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError("store", str(self.results_path), "a regular results file")
             data = line.encode()
             while data:
                 data = data[os.write(fd, data):]

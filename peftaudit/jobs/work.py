@@ -7,6 +7,7 @@ import traceback
 from dataclasses import replace
 
 from peftaudit.audit.runner import ClaimOutcome, audit_chunk, search_config
+from peftaudit.errors import PLUGIN_FAILURES
 from peftaudit.search.engine import Attempt
 
 from .plan import AuditPlan, Job
@@ -29,12 +30,14 @@ def run_job(plan_doc: dict, job_doc: dict, progress: bool = False, log=None, cla
 
 def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) -> dict:
     profile = plan.profile_settings()
-    base = search_config(profile, job.seed, plan.device)
+    # a card's search runs on the audit seed itself, as `peftaudit card METHOD --seed S` does, so
+    # the audit's card and the standalone card of a method agree (same profile, seed, threads)
+    base = search_config(profile, plan.seed if job.kind == "card" else job.seed, plan.device)
     if job.kind == "claim":
         from peftaudit.claims import get_claim
         try:
             claim = claims[job.name] if claims and job.name in claims else get_claim(job.name)
-        except Exception as exc:  # noqa: BLE001 - e.g. a claim registered only in the parent process
+        except PLUGIN_FAILURES as exc:  # e.g. a claim registered only in the parent process
             return {"kind": "claim", "span": [job.start, job.stop],
                     "errors": [f"claim {job.name!r} could not be loaded in this worker ({exc}); a claim registered "
                                f"at run time (not by the entry point group peftaudit.claims) needs --backend inline"]}
@@ -51,7 +54,7 @@ def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) ->
         log(f"method card: {job.name}")
         return {"kind": "card", "card": run_battery(job.name, {}, profile, plan.seed, base,
                                                     families=plan.card_families, log=log)}
-    except Exception:  # noqa: BLE001 - Ctrl-C and SIGTERM (BaseExceptions) pass
+    except PLUGIN_FAILURES:  # a plugin's exception or sys.exit; Ctrl-C and SIGTERM pass
         return {"kind": job.kind, "error": traceback.format_exc(limit=8)}
 
 
@@ -92,5 +95,6 @@ def outcome_to_json(o: ClaimOutcome) -> dict:
             "vacuous": {str(i): why for i, why in o.vacuous.items()},
             "certificates": {str(i): s for i, s in o.certificates.items()},
             "searches": searches, "contrasts": plain(o.contrasts), "comparisons": plain(o.comparisons),
-            "errors": o.errors, "method_errors": o.method_errors, "added": o.added, "violations": o.violations,
+            "errors": o.errors, "tracebacks": o.tracebacks, "method_errors": o.method_errors, "added": o.added,
+            "not_applicable": o.not_applicable, "violations": o.violations,
             "study": o.study, "instances": saved}

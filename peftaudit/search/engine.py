@@ -105,6 +105,12 @@ class Attempt:
         return out
 
 
+def non_finite(attempts: list[Attempt]) -> list[int]:
+    """Instances on which every candidate of every restart replayed to NaN or Inf: the method is
+    broken there (its outputs are not numbers), which is its ERROR, never a miss."""
+    return sorted({a.instance for a in attempts if not math.isfinite(a.best_loss)})
+
+
 def takes_keep(method: Method) -> bool:
     """The method's outputs accept keep=k (the last k positions only; optional in the contract)."""
     import inspect
