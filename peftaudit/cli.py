@@ -103,29 +103,6 @@ def _new_file(path: str | None, force: bool) -> None:
         raise InputError("--out", path, f"a path in a folder ({target.parent} is not one)")
 
 
-class _TimedOut(Exception):
-    pass
-
-
-def _within(seconds: float, work: Callable[[], object]) -> object:
-    """Run work() with a wall-clock limit (SIGALRM in the main thread); _TimedOut past it."""
-    import signal
-    import threading
-
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        return work()
-
-    def expire(signum: int, frame: object) -> None:
-        raise _TimedOut()
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return work()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _certify_u(inst):
     """U's witness, reported certified only once the independent checker passes it."""
     from dataclasses import replace
@@ -147,6 +124,7 @@ def _certify_u(inst):
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
+    from peftaudit.bounded import BudgetExceeded, run_bounded
     from peftaudit.verify.encoders.l1 import certify
 
     _new_file(args.out, args.force)
@@ -164,14 +142,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
             from peftaudit.verify.encoders.m import certify_m
             return certify_m(inst, tolerance=args.tolerance, bound=args.norm_bound)
         return certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
-    try:
-        result = _within(args.timeout, run)
-    except _TimedOut:
+    try:  # in a child process this one watches: the budgets hold whatever the instance does
+        result = run_bounded(run, seconds=args.timeout or None, max_mb=args.max_memory or None)
+    except BudgetExceeded as exc:
         if args.json:
-            print(json.dumps({"claim": args.claim, "status": "unknown", "margin": None,
-                              "reason": f"timed out after {args.timeout:g} s"}))
+            print(json.dumps({"claim": args.claim, "status": "unknown", "margin": None, "reason": str(exc),
+                              "budget": exc.what}))
         else:
-            print(f"{args.claim}: unknown\n  timed out after {args.timeout:g} s (--timeout)")
+            print(f"{args.claim}: unknown\n  {exc}")
         return CERTIFY_EXIT["unknown"]
     if args.out and result.certificate is not None:
         instance_io.atomic_write_bytes(Path(args.out), (json.dumps(result.certificate) + "\n").encode())
@@ -280,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "meta.prompt_norm_bound)")
     p.add_argument("--tolerance", type=_nonneg_float, default=1e-9,
                    help="certified means margin > TOLERANCE at the layer output (default 1e-9)")
-    p.add_argument("--timeout", type=_nonneg_float, default=600,
-                   help="wall-clock seconds before giving up with status unknown, exit 4 (0: no limit; default 600)")
+    p.add_argument("--timeout", type=_nonneg_float, default=60,
+                   help="wall-clock seconds before giving up with status unknown, exit 4 (0: no limit; default 60)")
+    p.add_argument("--max-memory", type=_bounded(0, 2**20, "a budget in MB from 0"), default=1024,
+                   help="memory in MB the certification may take before giving up with status unknown, exit 4 "
+                        "(0: no limit; default 1024)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="write the certificate here (JSON; a new file unless --force)")
     p.add_argument("--force", action="store_true", default=None, help="replace an existing --out file")

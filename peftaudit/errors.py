@@ -25,12 +25,19 @@ class InputError(PeftauditError, ValueError):
         self.value = value
         self.expected = expected
 
+    def __reduce__(self):  # pickled by the field, value and expectation (it crosses process boundaries)
+        return (InputError, (self.field, self.value, self.expected))
+
 
 class UnknownNameError(InputError):
     """A name that no registry knows; the message lists the known names."""
 
     def __init__(self, kind: str, name: str, known: list[str]):
         super().__init__(kind, name, "one of " + ", ".join(sorted(known)))
+        self.known = list(known)
+
+    def __reduce__(self):
+        return (UnknownNameError, (self.field, self.value, self.known))
 
 
 # What code a user brings (a method, a claim, a plugin module) may raise when it fails: any

@@ -198,7 +198,7 @@ def binary64_array(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def _choice(obj: Any, where: str, options: tuple[str, ...]) -> str:
-    if obj not in options:
+    if not isinstance(obj, str) or obj not in options:  # an array (from a binary file) is no name
         raise InputError(where, obj, "one of " + ", ".join(repr(o) for o in options))
     return obj
 
@@ -208,7 +208,7 @@ def from_dict(doc: Any) -> Instance:
     if not isinstance(doc, dict) or "format" not in doc:
         raise InputError("format", doc.get("format") if isinstance(doc, dict) else type(doc).__name__,
                          f"a peftaudit instance file with format {FORMAT!r}")
-    if doc["format"] != FORMAT:
+    if not isinstance(doc["format"], str) or doc["format"] != FORMAT:
         raise InputError("format", doc["format"], repr(FORMAT))
     _keys(doc, "instance", TOP_KEYS, {"format", "model", "dataset"})
     model = _keys(doc["model"], "model", MODEL_KEYS, {"d", "layers"})

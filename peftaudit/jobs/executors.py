@@ -16,10 +16,32 @@ BACKENDS = ("inline", "process", "ray")
 OnResult = Callable[[dict, dict], None]   # (job JSON, result JSON)
 
 
-def _ignore_ctrl_c() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them (no traceback from each worker)."""
+def _worker_start(parent: int) -> None:
+    """A pool worker leaves Ctrl-C to its parent, which stops it (no traceback from each worker),
+    and ends when the parent dies, however it dies (SIGKILL by a CI timeout included): on Linux
+    the kernel kills it (PR_SET_PDEATHSIG), elsewhere a thread watches the parent's process id."""
     import signal
+    import sys
+    import threading
+    import time
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the line above
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="peftaudit-parent-watch", daemon=True).start()
 
 
 def _logged_job(plan_doc: dict, job_doc: dict, verbose: bool) -> dict:
@@ -57,8 +79,8 @@ def run_process(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, worker
     from concurrent.futures.process import BrokenProcessPool
 
     _quiet_resource_tracker()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_ctrl_c)
+    pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs))), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_start, initargs=(os.getpid(),))
     try:
         pending = {pool.submit(_logged_job, plan_doc, job, verbose): job for job in jobs}
         while pending:
