@@ -245,8 +245,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (`{self.prog} --help` shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftaudit", description=__doc__)
+    parser = _Parser(prog="peftaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, M; "
@@ -683,8 +690,15 @@ def cmd_card(args: argparse.Namespace) -> int:
     base = search_config(prof, args.seed, str(resolve_device(args.device)))
     log = (lambda s: None) if args.json else log_stderr
     families = _names(args.families, "--families") if args.families is not None else None
-    card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count, families=families,
-                       log=log)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as an audit's jobs run by default: the audit's card of the method is this card
+    try:
+        card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count,
+                           families=families, log=log)
+    finally:
+        torch.set_num_threads(before)
     folder = write_card(card, out, force=args.force)
     if args.json:
         print(json.dumps(card))

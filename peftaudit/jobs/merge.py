@@ -6,6 +6,7 @@ from typing import Callable
 
 from peftaudit.audit.runner import SOLVED_MAX_ERROR, ClaimOutcome, decide
 from peftaudit.claims import Claim
+from peftaudit.errors import PLUGIN_FAILURES, one_line
 from peftaudit.evidence import recheck_certificates, recheck_replays
 from peftaudit.settings import Profile
 
@@ -44,8 +45,9 @@ def _recheck(o: ClaimOutcome, profile: Profile, seed: int, read_stored) -> None:
     draws (the stored instances are not trusted: the draw is reproducible from the seed)."""
     try:
         drawn = list(o.claim.draw(profile, seed))
-    except Exception as exc:  # noqa: BLE001 - a user's claim may raise anything
-        o.errors.append(f"the claim's draw failed while its evidence was read back: {type(exc).__name__}: {exc}")
+    except PLUGIN_FAILURES as exc:  # a user's claim may raise anything
+        if not o.errors:  # (when its job already failed on the draw, that error says it)
+            o.errors.append(f"the claim's draw failed while its evidence was read back: {one_line(exc)}")
         return
     o.instances = dict(enumerate(drawn))
     o.errors.extend(recheck_certificates(o.certificates, drawn, o.claim.evidence == "witness", read_stored))

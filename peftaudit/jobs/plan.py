@@ -63,7 +63,7 @@ def _text(field: str, value: object, limit: int = 300) -> str:
 def _names(field: str, value: object, optional: bool) -> tuple[str, ...] | None:
     if value is None and optional:
         return None
-    if not isinstance(value, list) or len(value) > 1000:
+    if not isinstance(value, (list, tuple)) or len(value) > 1000:
         raise InputError(field, value, "a list of at most 1000 names" + (" or null" if optional else ""))
     return tuple(_text(field, v) for v in value)
 
@@ -101,13 +101,13 @@ class AuditPlan:
         if not isinstance(doc["device"], str) or not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", doc["device"]):
             raise InputError("plan device", doc["device"], "cpu, cuda or cuda:N")
         argv = doc["argv"]
-        if not isinstance(argv, list) or len(argv) > 1000 or not all(isinstance(a, str) and len(a) <= 10_000
+        if not isinstance(argv, (list, tuple)) or len(argv) > 1000 or not all(isinstance(a, str) and len(a) <= 10_000
                                                                      for a in argv):
             raise InputError("plan argv", str(argv)[:80], "the command line, a list of strings")
         if not isinstance(doc["started"], str) or len(doc["started"]) > 64:
             raise InputError("plan started", doc["started"], "a time stamp")
         jobs = doc["jobs"]
-        if not isinstance(jobs, list) or len(jobs) > MAX_PLAN_JOBS:
+        if not isinstance(jobs, (list, tuple)) or len(jobs) > MAX_PLAN_JOBS:
             raise InputError("plan jobs", str(jobs)[:80], f"a list of at most {MAX_PLAN_JOBS} jobs")
         plan = AuditPlan(profile=doc["profile"],
                          seed=bounded_int("plan seed", doc["seed"], 0, MAX_SEED, "a seed"),
@@ -189,6 +189,7 @@ def check_jobs(plan: AuditPlan, claims: Sequence) -> None:
                           card_families=plan.card_families, argv=plan.argv, threads=plan.threads,
                           instances=plan.instances)
     if expected.jobs != plan.jobs:
-        differ = next((f"{a.key} != {b.key}" for a, b in zip(expected.jobs, plan.jobs) if a != b),
+        differ = next((f"{b.to_json()} where its settings give {a.to_json()}"
+                       for a, b in zip(expected.jobs, plan.jobs) if a != b),
                       f"{len(plan.jobs)} jobs, its settings plan {len(expected.jobs)}")
         raise InputError("plan jobs", differ, "the jobs the plan's own settings give (store/plan.json was changed)")

@@ -39,6 +39,10 @@ RESULTS_FILE = "results.jsonl"
 CERTIFICATES = "certificates"
 
 
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a number JSON allows")
+
+
 def _digest(result: dict) -> str:
     return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()
 
@@ -70,12 +74,19 @@ class ResultStore:
         return cls(folder)
 
     def plan(self) -> AuditPlan:
+        """The plan in store/plan.json, checked (store folders real, the file regular, every field)."""
         from peftaudit import jsonio
 
         self._real_folder(self.folder)
+        self._real_folder(self.folder / CERTIFICATES)
         data = jsonio.read_regular_file(self.folder / PLAN_FILE, f"store/{PLAN_FILE}", MAX_PLAN_BYTES,
                                         follow_links=False)
-        return AuditPlan.from_json(jsonio.loads(data, f"store/{PLAN_FILE}"))
+        jsonio.check_depth(data, f"store/{PLAN_FILE}")
+        try:  # plain JSON: job seeds are 63-bit integers, not binary64 numbers
+            doc = json.loads(data, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"store/{PLAN_FILE}", "invalid JSON", f"valid JSON ({str(exc)[:80]})") from None
+        return AuditPlan.from_json(doc)
 
     # -------------------------------------------------------------- results
     def read(self, jobs: dict[str, Job] | None = None) -> dict[str, dict]:
