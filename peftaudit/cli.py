@@ -677,7 +677,8 @@ def cmd_card(args: argparse.Namespace) -> int:
     from peftaudit.card import run_battery, write_card
     from peftaudit.card.battery import card_folder
     from peftaudit.audit.outdir import check_out_dir
-    from peftaudit.audit.runner import log_stderr, search_config
+    from peftaudit.evidence import search_config
+    from peftaudit.log import log_stderr
     from peftaudit.models.methods import get_method
     from peftaudit.search.problems import resolve_device
     from peftaudit.settings import get_profile

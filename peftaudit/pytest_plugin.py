@@ -74,9 +74,9 @@ class AuditFailure(Exception):
 
 def _judged_nothing(claim, method: str | None, profile: str) -> str:
     """Why `method` took no part in the claim's verdict ("" when it did): it is not the claim's
-    subject, falsifier or contrast, and the audit's own rule (runner.added_runs) made it no
+    subject, falsifier or contrast, and the audit's own rule (evidence.gather.added_runs) made it no
     inherited falsifier, so it was only compared (e.g. a weight-space method on a prompt claim)."""
-    from peftaudit.audit.runner import added_runs
+    from peftaudit.evidence.gather import added_runs
     from peftaudit.settings import get_profile
 
     if method is None or method == claim.subject or any(r.method == method for r in claim.falsifiers + claim.contrasts):

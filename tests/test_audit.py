@@ -8,7 +8,7 @@ import pytest
 
 from peftaudit.audit import run_audit
 from peftaudit.audit.report import SCHEMA_FILE, SCHEMA_VERSION
-from peftaudit.audit.runner import ClaimOutcome, decide
+from peftaudit.evidence import ClaimOutcome, decide
 from peftaudit.claims import claim_ids, get_claim
 from peftaudit.cli import main
 from peftaudit.search.engine import Attempt

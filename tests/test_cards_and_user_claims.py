@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peftaudit.audit import run_audit
-from peftaudit.audit.runner import search_config
+from peftaudit.evidence import search_config
 from peftaudit.card import run_battery, write_card
 from peftaudit.card.battery import sizes_for
 from peftaudit.claims.user import cannot_memorize, memorizes

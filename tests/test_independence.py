@@ -43,3 +43,20 @@ def test_checker_runs_in_a_fresh_interpreter_without_numpy_or_torch(tmp_path):
             "'peftaudit.models') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_layers_import_only_downwards():
+    """evidence/ (the record, gathering, re-check, verdicts) is below jobs/ (plan, executors, store,
+    merge), which is below audit/ (entry points, reports): nothing imports what is above it."""
+    import peftaudit
+
+    root = Path(peftaudit.__file__).parent
+    above = {"evidence": ("peftaudit.jobs", "peftaudit.audit", "peftaudit.cli"),
+             "jobs": ("peftaudit.audit", "peftaudit.cli")}
+    for layer, forbidden in above.items():
+        files = sorted((root / layer).glob("*.py"))
+        assert files
+        for path in files:
+            for module, level in _imports(path):
+                assert level <= 1, f"{layer}/{path.name}: from {'.' * level}{module}"
+                assert not module.startswith(forbidden), f"{layer}/{path.name} imports {module}"

@@ -180,7 +180,7 @@ def test_a_broken_user_method_is_an_error_for_that_method_and_the_audit_goes_on(
 def test_an_inherited_claim_is_searched_within_its_own_terms():
     """An input-space method stands in for prompt tuning at the prompt falsifier's sizes and norm
     bound: L2 rules out prompts shorter than N only, M bounds the tokens' norms."""
-    from peftaudit.audit.runner import added_runs
+    from peftaudit.evidence.gather import added_runs
     from peftaudit.claims import get_claim
     from peftaudit.settings import get_profile
 

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peftaudit.audit.runner import ClaimOutcome, decide, shape
+from peftaudit.evidence import ClaimOutcome, decide
+from peftaudit.evidence.outcome import shape
 from peftaudit.claims import get_claim
 from peftaudit.instance import from_dict, to_dict
 from peftaudit.models.methods import get_method

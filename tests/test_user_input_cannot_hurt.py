@@ -56,7 +56,7 @@ def test_exiting_and_worker_only_failing_methods_are_their_own_errors(tmp_path, 
 
 
 def test_a_nan_method_is_an_error_on_its_card_not_a_capacity_figure():
-    from peftaudit.audit.runner import search_config
+    from peftaudit.evidence import search_config
     from peftaudit.card import run_battery
     from peftaudit.settings import get_profile
 

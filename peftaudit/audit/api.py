@@ -1,5 +1,9 @@
 """run_audit: the one entry point the CLI, the pytest plugin and users' code share.
 
+Layers: audit/ (this package: the entry points, reports, output folders) uses jobs/ (plan,
+executors, store, merge), which uses evidence/ (the evidence record, its gathering, re-check and
+verdict rules); nothing below imports what is above it.
+
 An audit is planned as jobs (peftaudit/jobs), run by an executor (inline, a process pool, Ray),
 each result appended to the store inside the out folder as it finishes, and the report built from
 the stored results alone. `resume` picks up an unfinished out folder and runs what is missing.
@@ -12,15 +16,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from peftaudit.claims import Claim
+from peftaudit.claims import Claim, claim_ids, expand_claims, get_claim
+from peftaudit.claims.base import loads_in_workers
 from peftaudit.errors import InputError
+from peftaudit.evidence import ClaimOutcome
+from peftaudit.jobs import Job, ResultStore, plan_audit
+from peftaudit.jobs.executors import BACKENDS, check_ray_address, execute
+from peftaudit.jobs.merge import merge_audit
+from peftaudit.jobs.plan import check_jobs
+from peftaudit.jobs.progress import JobProgress
 from peftaudit.limits import MAX_JOBS, bounded_int
+from peftaudit.log import log_stderr
 from peftaudit.search.problems import resolve_device
 from peftaudit.settings import get_profile
 
 from .outdir import check_out_dir, check_resumable, set_aside
 from .report import SCHEMA_VERSION, claim_json, job_errors, provenance, write_report
-from .runner import ClaimOutcome, log_stderr
 
 
 BUILTIN_METHODS = ("prompt", "prefix", "prefix-kv", "lora", "full")
@@ -76,8 +87,6 @@ def _check_methods(methods: Sequence[str]) -> None:
 
 
 def _backend(backend: str, jobs: int, claims: Sequence[Claim], address: str | None = None) -> str:
-    from peftaudit.claims.base import loads_in_workers
-    from peftaudit.jobs.executors import BACKENDS
 
     bounded_int("jobs", jobs, 1, MAX_JOBS, "a number of workers")
     chosen = ("inline" if jobs == 1 else "process") if backend == "auto" else backend
@@ -87,7 +96,6 @@ def _backend(backend: str, jobs: int, claims: Sequence[Claim], address: str | No
     if chosen == "process" and jobs > most:  # each worker is a Python with torch: memory, not speed
         raise InputError("jobs", jobs, f"at most {most} local workers (2 per CPU) for --backend process")
     if address is not None:
-        from peftaudit.jobs.executors import check_ray_address
         if chosen != "ray":
             raise InputError("--address", address, "--backend ray beside it (only Ray joins a cluster)")
         check_ray_address(address)
@@ -115,8 +123,6 @@ def run_audit(claims: Sequence[str | Claim] | None = None, *, profile: str = "qu
     in `methods` that is not built in (a plugin, a peft guest) also gets its method card. Every job
     runs with `threads` torch threads, on every backend, so the report does not depend on either.
     `instances` overrides the profile's instances per claim (claims with a fixed list draw theirs)."""
-    from peftaudit.claims import claim_ids, expand_claims
-    from peftaudit.jobs import ResultStore, plan_audit
 
     if out is not None:
         check_out_dir(out, force)
@@ -142,9 +148,6 @@ def resume_audit(folder: str | Path, *, jobs: int = 1, backend: str = "auto", ad
                  progress: bool = True, quiet: bool = False) -> AuditResult:
     """Finish the audit in `folder` (an out folder an interrupted run left): the jobs its store
     holds are not run again, a damaged last line is redone, and the report is written there."""
-    from peftaudit.claims import get_claim
-    from peftaudit.jobs import ResultStore
-    from peftaudit.jobs.plan import check_jobs
 
     out_dir = check_resumable(folder)
     store = ResultStore(out_dir / STORE)
@@ -160,10 +163,6 @@ def resume_audit(folder: str | Path, *, jobs: int = 1, backend: str = "auto", ad
 
 def _run(plan, claims: list[Claim], store, out_dir: Path | None, backend: str, workers: int, address: str | None,
          progress: bool, quiet: bool) -> AuditResult:
-    from peftaudit.jobs import Job
-    from peftaudit.jobs.executors import execute
-    from peftaudit.jobs.merge import merge_audit
-    from peftaudit.jobs.progress import JobProgress
 
     log = (lambda s: None) if quiet else log_stderr
     results = store.read({j.key: j for j in plan.jobs}) if store is not None else {}

@@ -50,7 +50,7 @@ def _inside(folder: Path, relative: str) -> Path:
 
 
 def check_report(folder: str | Path, claim_id: str | None = None) -> list[ClaimCheck]:
-    from peftaudit.audit.runner import SOLVED_MAX_ERROR
+    from peftaudit.evidence import SOLVED_MAX_ERROR
     from peftaudit.claims import get_claim
     from peftaudit.evidence import recheck_certificates
     from peftaudit.settings import get_profile

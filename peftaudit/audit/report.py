@@ -23,7 +23,7 @@ from statistics import median
 from peftaudit.errors import PeftauditError
 from peftaudit.instance import save as save_instance
 
-from .runner import ClaimOutcome, finite, log_name
+from peftaudit.evidence.outcome import ClaimOutcome, finite, log_name
 
 SCHEMA_VERSION = "peftaudit.report/1"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")

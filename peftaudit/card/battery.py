@@ -163,11 +163,11 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
             capacity.append({"method": mname, "params": params, "examples_memorized": max(full, default=0)})
     conflicts = []
     if getattr(subject, "kind", "") == "input-space":  # a certified L1 instance it memorized refutes its kind
-        from peftaudit.audit.runner import TOLERANCE, _certify_one
+        from peftaudit.evidence import TOLERANCE, certify_one
         from peftaudit.claims import get_claim
         l1 = draw_family("l1", count, d, seed)
         for i in sorted(solved_by_subject.get("l1", ())):
-            summary = _certify_one(get_claim("L1"), l1[i], TOLERANCE)
+            summary = certify_one(get_claim("L1"), l1[i], TOLERANCE)
             if summary["status"] == "certified" and summary["checked"]:
                 conflicts.append(f"{name} memorized l1 instance {i}, which a checked L1 certificate proves no "
                                  "prompt can: its declaration as input-space is false")

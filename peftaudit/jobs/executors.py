@@ -45,13 +45,13 @@ def _worker_start(parent: int) -> None:
 
 
 def _logged_job(plan_doc: dict, job_doc: dict, verbose: bool) -> dict:
-    from peftaudit.audit.runner import log_stderr
+    from peftaudit.log import log_stderr
     return run_job(plan_doc, job_doc, log=log_stderr if verbose else None)
 
 
 def run_inline(plan_doc: dict, jobs: Iterable[dict], on_result: OnResult, *, progress: bool, verbose: bool,
                claims: dict | None = None) -> None:
-    from peftaudit.audit.runner import log_stderr
+    from peftaudit.log import log_stderr
     for job in jobs:
         on_result(job, run_job(plan_doc, job, progress=progress, log=log_stderr if verbose else None, claims=claims))
 

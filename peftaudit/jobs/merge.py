@@ -4,37 +4,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from peftaudit.audit.runner import SOLVED_MAX_ERROR, ClaimOutcome, decide
 from peftaudit.claims import Claim
 from peftaudit.errors import PLUGIN_FAILURES, one_line
-from peftaudit.evidence import recheck_certificates, recheck_replays
+from peftaudit.evidence import SOLVED_MAX_ERROR, ClaimOutcome, decide, recheck_certificates, recheck_replays
 from peftaudit.settings import Profile
 
 from .plan import AuditPlan
-from .work import attempt_from_json
 
 
 def merge_claim(claim: Claim, results: list[dict], profile: Profile, seed: int,
                 read_stored: Callable[[dict], bytes] | None = None) -> ClaimOutcome:
-    """One claim's chunks (in instance order) as one outcome, its evidence checked again against
-    the claim's own draw (peftaudit/evidence.py), decided by the verdict rules."""
-    o = ClaimOutcome(claim)
-    o.instances = {}
-    for r in sorted(results, key=lambda r: r["span"][0]):
-        o.shapes.extend(r.get("shapes", []))
-        o.vacuous.update({int(i): why for i, why in r.get("vacuous", {}).items()})
-        o.certificates.update({int(i): s for i, s in r.get("certificates", {}).items()})
-        for field in ("searches", "contrasts", "comparisons"):
-            merged = getattr(o, field)
-            for label, rows in r.get(field, {}).items():
-                merged.setdefault(label, []).extend(attempt_from_json(a) for a in rows)
-        o.errors.extend(r.get("errors", []))
-        o.tracebacks.extend(r.get("tracebacks", []))
-        o.method_errors.update(r.get("method_errors", {}))
-        o.not_applicable.update(r.get("not_applicable", {}))
-        o.added.update(r.get("added", {}))
-        o.violations.extend(r.get("violations", []))
-        o.study = r.get("study") or o.study
+    """One claim's chunks as one outcome, its evidence checked again against the claim's own draw
+    (peftaudit/evidence/recheck.py), decided by the verdict rules."""
+    o = ClaimOutcome.merged(claim, results)
     _recheck(o, profile, seed, read_stored)
     decide(o)
     return o
@@ -49,7 +31,7 @@ def _recheck(o: ClaimOutcome, profile: Profile, seed: int, read_stored) -> None:
         if not o.errors:  # (when its job already failed on the draw, that error says it)
             o.errors.append(f"the claim's draw failed while its evidence was read back: {one_line(exc)}")
         return
-    o.instances = dict(enumerate(drawn))
+    o.instances = drawn
     o.errors.extend(recheck_certificates(o.certificates, drawn, o.claim.evidence == "witness", read_stored))
     o.errors.extend(recheck_replays(o.searches, drawn, SOLVED_MAX_ERROR))
 

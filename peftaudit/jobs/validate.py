@@ -44,7 +44,7 @@ def _index(key: object, job: Job, what: str) -> int:
 
 
 def _claim(job: Job, r: dict) -> None:
-    from .work import attempt_from_json
+    from peftaudit.evidence.outcome import attempt_from_json
 
     _need(r.get("span") == [job.start, job.stop], "span: the job's [start, stop)")
     _need(r.get("claim", job.name) == job.name, "claim: the job's claim")

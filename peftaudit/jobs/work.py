@@ -6,9 +6,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import replace
 
-from peftaudit.audit.runner import ClaimOutcome, audit_chunk, search_config
 from peftaudit.errors import PLUGIN_FAILURES
-from peftaudit.search.engine import Attempt
+from peftaudit.evidence import audit_chunk, search_config
 
 from .plan import AuditPlan, Job
 
@@ -43,7 +42,7 @@ def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) ->
                                f"at run time (not by the entry point group peftaudit.claims) needs --backend inline"]}
         outcome = audit_chunk(claim, profile, plan.seed, base, job.start, job.stop,
                               methods=set(plan.methods) if plan.methods else None, progress=progress, log=log)
-        return outcome_to_json(outcome)
+        return outcome.to_json()
     try:
         if job.kind == "calibrate":
             from peftaudit.search.calibrate import calibrate
@@ -56,45 +55,3 @@ def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) ->
                                                     families=plan.card_families, log=log)}
     except PLUGIN_FAILURES:  # a plugin's exception or sys.exit; Ctrl-C and SIGTERM pass
         return {"kind": job.kind, "error": traceback.format_exc(limit=8)}
-
-
-# ------------------------------------------------------------------ outcomes <-> JSON
-
-def attempt_to_json(a: Attempt, with_adapter: bool) -> dict:
-    doc = {**a.to_json(), "options": dict(a.options), "tolerance": a.tolerance}
-    if with_adapter:
-        doc["adapter"] = {name: value.tolist() for name, value in a.adapter.items()}
-    return doc
-
-
-def attempt_from_json(doc: dict) -> Attempt:
-    import numpy as np
-    return Attempt(doc["instance"], doc["method"], doc["size"], doc["params"], float(doc["best_loss"]),
-                   float(doc["max_abs_error"]), bool(doc["solved"]),
-                   adapter={k: np.asarray(v, dtype=np.float64) for k, v in doc.get("adapter", {}).items()},
-                   options=dict(doc["options"]), tolerance=float(doc["tolerance"]),
-                   exact_max_error=tuple(doc["exact_max_error"]) if "exact_max_error" in doc else None)
-
-
-def outcome_to_json(o: ClaimOutcome) -> dict:
-    """A chunk's evidence; adapters and instances only where a report file needs them (counterexamples)."""
-    from peftaudit.instance import to_dict
-
-    saved = {}
-    searches = {}
-    for label, attempts in o.searches.items():
-        rows = []
-        for a in attempts:
-            keep = a.rigorously_solved  # a counterexample ("cannot") or a witness ("can"): its file is written
-            if keep:
-                saved[str(a.instance)] = to_dict(o.instances[a.instance])
-            rows.append(attempt_to_json(a, keep))
-        searches[label] = rows
-    plain = lambda runs: {k: [attempt_to_json(a, False) for a in v] for k, v in runs.items()}  # noqa: E731
-    return {"kind": "claim", "claim": o.claim.id, "span": list(o.span), "shapes": o.shapes,
-            "vacuous": {str(i): why for i, why in o.vacuous.items()},
-            "certificates": {str(i): s for i, s in o.certificates.items()},
-            "searches": searches, "contrasts": plain(o.contrasts), "comparisons": plain(o.comparisons),
-            "errors": o.errors, "tracebacks": o.tracebacks, "method_errors": o.method_errors, "added": o.added,
-            "not_applicable": o.not_applicable, "violations": o.violations,
-            "study": o.study, "instances": saved}
