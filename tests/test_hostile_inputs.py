@@ -267,7 +267,6 @@ def test_internal_errors_are_one_line_and_exit_3(tmp_path, capsys, monkeypatch):
 
     def boom(args):
         raise RuntimeError("something broke\nsecond line")
-    monkeypatch.setattr(cli, "cmd_generate", boom)
     parser_func = cli.build_parser
     monkeypatch.setattr(cli, "build_parser", lambda: _patched(parser_func(), boom))
     code, _, err = _run(capsys, "generate", "--kind", "l1", "--d", "3", "--out", tmp_path / "x.json")
