@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from peftaudit.errors import InputError
-from peftaudit.models.spec import ModelSpec
+from .spec import ModelSpec
 
 Vec = list
 

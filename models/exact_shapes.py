@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from peftaudit.models.spec import ModelSpec
+from .spec import ModelSpec
 
 PREFIX_KEY = re.compile(r"layers\.(\d+)\.heads\.(\d+)\.(K|V)$|layers\.(\d+)\.states$")
 

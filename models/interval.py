@@ -23,8 +23,8 @@ from typing import Iterator, Mapping
 import numpy as np
 from mpmath import iv
 
-from peftaudit.models.spec import ModelSpec
-from peftaudit.models.transformer import LAYERNORM_EPS
+from .spec import ModelSpec
+from .transformer import LAYERNORM_EPS
 
 PRECISION = 96   # bits of the interval endpoints: far beyond float64, cheap enough in Python
 

@@ -60,3 +60,15 @@ def test_the_layers_import_only_downwards():
             for module, level in _imports(path):
                 assert level <= 1, f"{layer}/{path.name}: from {'.' * level}{module}"
                 assert not module.startswith(forbidden), f"{layer}/{path.name} imports {module}"
+
+
+def test_the_mapped_folders_refuse_their_bare_names(tmp_path):
+    """verify/, models/ and strategies/ are installed as peftaudit.*; with the checkout on the path,
+    importing them under their bare names is refused, naming the one import that is meant."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("verify", "models", "strategies"):
+        proc = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=tmp_path, capture_output=True,
+                              text=True, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        assert proc.returncode != 0 and f"import peftaudit.{folder}, not {folder}" in proc.stderr

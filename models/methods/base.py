@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 
 from peftaudit.errors import PLUGIN_FAILURES, InputError, UnknownNameError, one_line
-from peftaudit.models.spec import ModelSpec
+from ..spec import ModelSpec
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from peftaudit.models.interval import ExactAdapter
+    from ..interval import ExactAdapter
 
 Params = Mapping[str, Tensor]
 

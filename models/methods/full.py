@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError
-from peftaudit.models.interval import ExactAdapter
-from peftaudit.models.spec import ModelSpec
-from peftaudit.models.transformer import forward
+from ..interval import ExactAdapter
+from ..spec import ModelSpec
+from ..transformer import forward
 
 from .base import Params, randn, register_method
 

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from peftaudit.errors import InputError
-from peftaudit.models import tangents
-from peftaudit.models.interval import ExactAdapter
-from peftaudit.models.spec import ModelSpec
-from peftaudit.models.transformer import forward
+from .. import tangents
+from ..interval import ExactAdapter
+from ..spec import ModelSpec
+from ..transformer import forward
 
 from .base import Params, check_size, randn, register_method
 

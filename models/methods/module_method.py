@@ -37,9 +37,9 @@ from torch.func import functional_call, vmap
 
 from peftaudit.errors import InputError, PeftauditError
 from peftaudit.limits import MAX_SIZE
-from peftaudit.models.interval import ExactAdapter
-from peftaudit.models.module import TransformerModule, module_name
-from peftaudit.models.spec import ModelSpec
+from ..interval import ExactAdapter
+from ..module import TransformerModule, module_name
+from ..spec import ModelSpec
 
 from .base import Params, check_size, randn
 

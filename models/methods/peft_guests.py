@@ -31,8 +31,8 @@ import numpy as np
 from torch import nn
 
 from peftaudit.errors import InputError
-from peftaudit.models.interval import ExactAdapter
-from peftaudit.models.module import TransformerModule, linear_weight_name
+from ..interval import ExactAdapter
+from ..module import TransformerModule, linear_weight_name
 
 from .base import register_method
 from .lora import parse_targets
