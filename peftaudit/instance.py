@@ -100,7 +100,7 @@ def to_dict(inst: Instance) -> dict:
 
 def canonical_json(inst: Instance) -> str:
     """The canonical encoding: every default written out, keys sorted, no spaces, numbers as the
-    shortest round-trip decimals of their binary64 values (README "Certificates")."""
+    shortest round-trip decimals of their binary64 values (docs/design.md "Certificates")."""
     return json.dumps(_no_negative_zero(to_dict(inst)), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
@@ -145,7 +145,7 @@ def _array(obj: Any, where: str, ndim: int, shape: tuple[int | None, ...] | None
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 raise InputError(path, x, "a JSON number")
             if isinstance(x, int) and not _exact_int(x):
-                raise InputError(path, x, "a number that is exactly a binary64 value (README 'Numbers')")
+                raise InputError(path, x, "a number that is exactly a binary64 value (docs/design.md 'Numbers')")
             if not math.isfinite(x):
                 raise InputError(path, x, "a finite number (no NaN or infinity)")
             return
@@ -192,7 +192,7 @@ def binary64_array(arr: np.ndarray, where: str) -> np.ndarray:
         out = arr.astype(np.float64)
         big = np.abs(out) >= 2.0**53
         if big.any() and not np.array_equal(out[big].astype(arr.dtype), arr[big]):
-            raise InputError(where, f"{arr.dtype} array", "integers that float64 holds exactly (README 'Numbers')")
+            raise InputError(where, f"{arr.dtype} array", "integers that float64 holds exactly (docs/design.md 'Numbers')")
         return out
     raise InputError(where, f"{arr.dtype} array", "an array of real numbers (float16/32/64 or exact integers)")
 

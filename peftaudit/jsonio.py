@@ -1,6 +1,6 @@
 """Reading untrusted JSON files under one number rule and resource caps.
 
-The number rule (README "Numbers"): every number in a file is a binary64 value. A JSON number
+The number rule (docs/design.md "Numbers"): every number in a file is a binary64 value. A JSON number
 token is accepted only if, read as a decimal, it equals a finite binary64 value exactly or is
 that value's shortest round-trip decimal (what every float printer writes, e.g. `0.1`); it then
 means that binary64 value, read as the rational `Fraction(float(token))`. Integer tokens must be
@@ -159,7 +159,7 @@ def loads(data: bytes | str, where: str) -> Any:
                           object_pairs_hook=_no_duplicates)
     except _BadNumber as exc:
         raise InputError(where, str(exc), "numbers that are exactly finite binary64 values "
-                                          "(or their shortest decimal); see README 'Numbers'") from None
+                                          "(or their shortest decimal); see docs/design.md 'Numbers'") from None
     except _Duplicate as exc:
         raise InputError(where, f"duplicate key {str(exc)!r}", "each key once per object") from None
     except UnicodeDecodeError as exc:

@@ -184,7 +184,7 @@ def l2_lora_instance(rng: np.random.Generator, d: int, positions: int, *, attent
     """L2's LoRA-generated variant: `positions` examples whose last-token targets come from the model
     with W_v + alpha beta^T (rank 1), so rank-1 LoRA on W_v memorizes them exactly (2d parameters),
     while {a_1..a_N, alpha} is generically independent (needs positions + 1 <= d): every memorizing
-    prompt then has length >= N (exactly; there is no robust margin, see README)."""
+    prompt then has length >= N (exactly; there is no robust margin, see docs/claims.md)."""
     if positions < 2 or positions + 1 > d:
         raise InputError("positions", positions, f"an integer N with 2 <= N and N + 1 <= d = {d}")
     spec = simple_spec(d, attention=attention)  # type: ignore[arg-type]

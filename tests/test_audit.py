@@ -43,6 +43,7 @@ def test_planted_false_claim_is_refuted_with_a_replayable_counterexample(tmp_pat
     assert "| FALSE-P2 | **REFUTED** |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_l1_claims_are_certified_and_contrasts_succeed(tmp_path):
     result = run_audit(["L1+"], out=tmp_path / "r", calibration=False, progress=False, quiet=True)
     claim = result.report["claims"][0]
@@ -126,6 +127,7 @@ def test_pytest_plugin_collects_and_fails_a_refuted_claim(pytester):
     assert 'name="verdict" value="REFUTED"' in junit and "peftaudit[FALSE-P2-prompt]" in junit
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_pytest_plugin_works_under_xdist(pytester):
     pytester.makeconftest(PLUGIN_CONFTEST)
     pytester.makepyfile(test_fixture=FIXTURE_TEST)
@@ -142,6 +144,7 @@ def test_plugin_import_is_light():
     assert out.strip() == "False False"
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_jobs_give_the_same_verdicts_and_certificates(tmp_path):
     one = run_audit(["L1"], methods=["prompt"], calibration=False, progress=False, quiet=True)
     two = run_audit(["L1"], methods=["prompt"], jobs=2, calibration=False, progress=False, quiet=True)
@@ -149,6 +152,7 @@ def test_jobs_give_the_same_verdicts_and_certificates(tmp_path):
     assert one.report["claims"][0]["certificates"] == two.report["claims"][0]["certificates"]
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_interrupt_leaves_no_report_but_a_resumable_store(tmp_path, monkeypatch, capsys):
     import peftaudit.search.calibrate as calibration
 

@@ -36,6 +36,7 @@ def test_budgets_pick_the_largest_size_that_fits():
     assert set(sizes_for(get_method("full"), spec, [4, 8]).values()) == {1}  # one reference point
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_card_of_an_input_space_method(tmp_path):
     prof = get_profile("quick")
     card = run_battery("user_methods:PromptModule", {}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2,
@@ -64,19 +65,16 @@ def test_card_of_an_input_space_method(tmp_path):
 
 def test_card_flags_a_false_input_space_declaration():
     """A weight-space method that claims to be input-space is caught memorizing a certified L1 instance."""
-    from peftaudit.models.methods.base import _REGISTRY
+    from peftaudit.models.methods import registered_method
     from peftaudit.models.methods.lora import LoRA
 
     class Pretender(LoRA):
         kind = "input-space"
 
-    _REGISTRY["pretender"] = Pretender
-    try:
+    with registered_method("pretender", Pretender):
         prof = get_profile("quick")
         card = run_battery("pretender", {"targets": "v"}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2,
                            families=["l1"])
-    finally:
-        _REGISTRY.pop("pretender")
     assert card["conflicts"] and "declaration as input-space is false" in card["conflicts"][0]
 
 
@@ -105,6 +103,7 @@ def _run(args, env, cwd, timeout=900):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_example_plugin_installed_with_pip_gets_audited_carded_and_tested(tmp_path):
     import shutil
     site, source = tmp_path / "site", tmp_path / "peftaudit-mlp-prompt"

@@ -29,14 +29,11 @@ def test_registered_method_conforms(name, rule):
 def test_a_rule_can_fail():
     """The rules are not vacuous: a scaled LoRA whose count is off is caught."""
     from peftaudit.models.methods.lora import LoRA
-    from peftaudit.models.methods.base import _REGISTRY
+    from peftaudit.models.methods import registered_method
 
     class Miscounted(LoRA):
         def param_count(self, spec, size):
             return super().param_count(spec, size) - 1
 
-    _REGISTRY["miscounted-lora"] = Miscounted
-    try:
+    with registered_method("miscounted-lora", Miscounted):
         assert not check_rule("the parameter count matches the trainable tensors", "miscounted-lora").ok
-    finally:
-        _REGISTRY.pop("miscounted-lora")

@@ -57,12 +57,12 @@ def test_a_method_without_an_exact_model_cannot_certify_a_can_claim():
 
 
 def test_audit_exits_non_zero_on_a_not_shown_claim(tmp_path, capsys, monkeypatch):
-    from peftaudit.claims import base
+    from peftaudit.claims import registered_claim
 
     claim = memorizes(VERA, "random", examples=4, size=2, d=4, count=2, id="VERA-4")
-    monkeypatch.setitem(base._REGISTRY, "VERA-4", claim)
-    assert main(["audit", "--claims", "VERA-4", "--no-calibration", "--no-cards", "--jobs", "1",
-                 "--out", str(tmp_path / "r")]) == 1
+    with registered_claim(claim):
+        assert main(["audit", "--claims", "VERA-4", "--no-calibration", "--no-cards", "--jobs", "1",
+                     "--out", str(tmp_path / "r")]) == 1
     out = capsys.readouterr().out
     assert "NOT-SHOWN" in out and "instance 0" in out
 
@@ -103,6 +103,7 @@ register_claim(memorizes("{VERA}", "random", examples=4, size=2, d=4, count=2, i
 '''
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_pytest_items_fail_on_not_shown_and_a_dropped_subject_and_skip_what_judged_nothing(pytester):
     pytester.makeconftest(PLUGIN_CONFTEST)
     result = pytester.runpytest_subprocess("--peftaudit", "--peftaudit-claims", "VERA-CANNOT,VERA-CAN,L1",
@@ -117,14 +118,14 @@ def test_pytest_items_fail_on_not_shown_and_a_dropped_subject_and_skip_what_judg
 # ------------------------------------------------------------------ declarations checked, not trusted
 
 def test_a_pretender_cannot_refute_l2_lora(monkeypatch):
-    from peftaudit.models.methods.base import _REGISTRY
+    from peftaudit.models.methods import registered_method
     from peftaudit.models.methods.lora import LoRA
 
     class Pretender(LoRA):  # rank-1 LoRA on W_v that declares itself input-space
         kind = "input-space"
 
-    monkeypatch.setitem(_REGISTRY, "pretender", Pretender)
-    result = audit(["L2-lora"], methods=["prompt", "pretender"])
+    with registered_method("pretender", Pretender):
+        result = audit(["L2-lora"], methods=["prompt", "pretender"])
     claim = result.report["claims"][0]
     assert claim["verdict"] == "ERROR" and not claim["counterexamples"]
     (label, error), = claim["method_errors"].items()
@@ -313,6 +314,7 @@ def test_u_at_p16_is_certified_and_an_uncovered_p_is_refused():
     assert Fraction(universal.choose(2, 1, 1.0, 0.8, 16)[1]) >= Fraction(1, 2 ** 48)
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_u_report_prints_one_g_per_configuration():
     result = audit(["U"])
     rows = result.report["claims"][0]["g_per_configuration"]

@@ -248,6 +248,7 @@ def test_generate_and_certify_do_not_overwrite_without_force(tmp_path, capsys):
     assert _run(capsys, "generate", "--kind", "l1", "--d", "3", "--out", target, "--force")[0] == 0
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_sigterm_leaves_no_partial_report(tmp_path):
     out = tmp_path / "rep"
     proc = subprocess.Popen([sys.executable, "-m", "peftaudit.cli", "audit", "--claims", "L1", "--no-calibration",

@@ -74,6 +74,7 @@ def uninterrupted(tmp_path_factory):
     return out, time.perf_counter() - started
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_process_and_ray_backends_give_the_inline_report(uninterrupted, tmp_path):
     expected = report(uninterrupted[0])
     assert [c["verdict"] for c in expected["claims"]] == ["REFUTED", "CERTIFIED", "REFUTED"]
@@ -96,6 +97,7 @@ def _wait_for_results(path, lines: int, proc) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_sigkill_at_random_moments_then_resume_gives_the_same_report(uninterrupted, tmp_path):
     expected, seconds = report(uninterrupted[0]), uninterrupted[1] / len(("M-naive", "P1", "P1-encoder"))
     rng = random.Random(20261127)

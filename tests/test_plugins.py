@@ -109,7 +109,7 @@ def test_entry_point_plugins_are_registered(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_loaded", False)
     assert "demo-prompt" in method_names()
     assert get_method("demo-prompt").kind == "input-space"
-    registry._REGISTRY.pop("demo-prompt")
+    registry.unregister_method("demo-prompt")
 
 
 def test_cli_searches_and_replays_a_plugin_method(tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_cli_searches_and_replays_a_plugin_method(tmp_path, capsys):
     adapter = tmp_path / "a.json"
     assert main(["search", str(inst_file), "--method", "user_methods:PromptModule", "--sizes", "1",
                  "--out", str(adapter)]) == 0
-    registry._REGISTRY.pop("user_methods:PromptModule", None)
+    registry.unregister_method("user_methods:PromptModule")
     capsys.readouterr()
     assert main(["replay", str(inst_file), str(adapter)]) == 2  # adapter files never import code
     assert "never import code" in capsys.readouterr().err
@@ -159,6 +159,7 @@ def test_pytest_option_runs_one_item_per_rule(pytester):
     bad.stdout.fnmatch_lines(["*breaks the rule 'the parameter count matches the trainable tensors'*"])
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_a_broken_user_method_is_an_error_for_that_method_and_the_audit_goes_on(tmp_path):
     methods = ["prompt", "user_methods:Raising", "user_methods:WrongShape", "user_methods:PromptModule",
                "user_methods:GatedValues", "user_methods:WrongCount", "user_methods:NaNOutputs"]

@@ -35,6 +35,7 @@ def _run(capsys, *argv):
 
 # ------------------------------------------------------------------ methods that fail
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_exiting_and_worker_only_failing_methods_are_their_own_errors(tmp_path, capsys):
     """On the process backend: a method calling sys.exit(5) and one that cannot be built in a
     worker are ERRORs of those methods (in the claim, on the card, as a failed card job); the
@@ -185,6 +186,7 @@ def test_resume_never_writes_into_a_linked_certificates_folder(tmp_path, capsys,
     assert [p.name for p in mine.iterdir()] == ["Z1-relu-0.json"] and (mine / "Z1-relu-0.json").read_text() == "keep"
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 def test_resume_does_not_block_on_a_fifo(tmp_path, finished_store):
     folder = _unfinished(tmp_path, finished_store)
     (folder / "store" / "results.jsonl").unlink()
@@ -330,6 +332,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow  # an audit or subprocess of its own (the fast lane leaves it out)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the workers (Linux)")
 def test_pool_workers_end_when_the_audit_is_killed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "peftaudit.cli", "audit", "--claims", "L1", "--no-calibration",

@@ -1,5 +1,5 @@
 """PEFT methods: soft prompt, prefix (two styles), LoRA and full fine-tuning."""
 
-from .base import Method, get_method, method_names, register_method
+from .base import Method, get_method, method_names, register_method, registered_method, unregister_method
 
-__all__ = ["Method", "get_method", "method_names", "register_method"]
+__all__ = ["Method", "get_method", "method_names", "register_method", "registered_method", "unregister_method"]

@@ -6,7 +6,8 @@ leading problem dimension B, a forward that uses them, and its trainable paramet
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -93,6 +94,27 @@ def _import_spec(spec: str) -> Callable[..., Method]:
         raise InputError("method", spec, "a method class or a factory returning a method")
     _REGISTRY[spec] = obj
     return obj
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method registered by name (a no-op when it is not)."""
+    _REGISTRY.pop(name, None)
+
+
+@contextmanager
+def registered_method(name: str, factory: Callable[..., Method]) -> Iterator[None]:
+    """Register `factory` under `name` for the body of a `with` (tests, notebooks), then restore
+    whatever was registered there before."""
+    _load_builtin()
+    before = _REGISTRY.get(name)
+    _REGISTRY[name] = factory
+    try:
+        yield
+    finally:
+        if before is None:
+            _REGISTRY.pop(name, None)
+        else:
+            _REGISTRY[name] = before
 
 
 def method_names() -> list[str]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from peftaudit.errors import PLUGIN_FAILURES, PeftauditError, UnknownNameError, one_line
 from peftaudit.instance import Instance
@@ -158,3 +159,19 @@ def get_claim(claim_id: str) -> Claim:
 
 def unregister_claim(claim_id: str) -> None:
     _REGISTRY.pop(claim_id, None)
+
+
+@contextmanager
+def registered_claim(claim: Claim) -> Iterator[Claim]:
+    """Register `claim` for the body of a `with` (tests, notebooks), then restore whatever was
+    registered under its id before."""
+    _load()
+    before = _REGISTRY.get(claim.id)
+    register_claim(claim)
+    try:
+        yield claim
+    finally:
+        if before is None:
+            _REGISTRY.pop(claim.id, None)
+        else:
+            _REGISTRY[claim.id] = before

@@ -1,5 +1,5 @@
 """Claims about a user's method in a line of Python, in the units papers use, audited by the
-verdict rules of DESIGN.md.
+verdict rules of peftaudit/evidence/verdict.py (docs/design.md).
 
     from peftaudit.claims.user import cannot_memorize, memorizes
     register_claim(memorizes("my_pkg:MyMethod", "random", params=8, examples=6, d=4))

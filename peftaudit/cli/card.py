@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--d", type=bounded(2, 64, "a width from 2"), default=4, help="model width of the battery")
     p.add_argument("--count", type=bounded(1, 64, "a count from 1"), default=3, help="instances per family")
-    p.add_argument("--families", help="comma-separated families (default: all; see README, Method cards)")
+    p.add_argument("--families", help="comma-separated families (default: all; see docs/methods.md, Method cards)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="card folder (default: cards/<method>); must not exist, or be empty")
     p.add_argument("--force", action="store_true", default=None, help="replace --out if it holds a previous card")

@@ -1,4 +1,4 @@
-"""The verdict rules (DESIGN.md), never merged: from a claim's evidence to its verdict and reason.
+"""The verdict rules (docs/design.md, "Verdicts"), never merged: from a claim's evidence to its verdict and reason.
 
 CERTIFIED (every non-vacuous instance carries a certificate checked in exact arithmetic, or for a
 "can" claim a witness checked exactly or confirmed by the interval replay), REFUTED (a replayed

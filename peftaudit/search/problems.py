@@ -66,7 +66,7 @@ def bytes_per_problem(spec: ModelSpec, examples: int, tokens: int, targets: int,
     are fitted to `benchmarks/search_memory.py`'s measurements of whole chunks (LM, Adam, replay)
     on eleven families, from planted prompts at d = 8 to the U construction's transformers: the
     estimate lay 1.3x to 3.4x above every measurement, and 1.2x to 9.3x since the built-in methods'
-    Jacobians are written out (README, "Memory")."""
+    Jacobians are written out (docs/design.md, "How the search works")."""
     T = tokens + size
     per_token = sum(spec.d + sum(2 * (2 * h.k + h.v) + T for h in layer.heads) + 2 * layer.hidden
                     for layer in spec.layers)                            # activations of one token

@@ -2,7 +2,7 @@
 
 Any mismatch (unknown key, wrong shape, a 'p/q' string where the file needs a number, a missing
 field) is MalformedCertificate naming the field: never truncated, never a traceback. The
-instance's digest is the SHA-256 of its canonical encoding (README "Certificates"): the JSON of
+instance's digest is the SHA-256 of its canonical encoding (docs/design.md "Certificates"): the JSON of
 the instance with every default written out, keys sorted, no spaces, every array number as
 the shortest round-trip decimal of its binary64 value. The loader computes the same digest
 (peftaudit.instance.digest); a test holds the two to one corpus.

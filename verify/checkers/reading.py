@@ -1,4 +1,4 @@
-"""The checker's own copy of the number rule and of strict JSON reading (README "Numbers").
+"""The checker's own copy of the number rule and of strict JSON reading (docs/design.md "Numbers").
 
 A JSON number token is accepted only if, read as a decimal, it is exactly a finite binary64
 value or that value's shortest round-trip decimal; it then stands for that binary64 value,

@@ -2,7 +2,7 @@
 
 Universality says one g serves every target f: only the prompt may depend on f. A witness whose g
 was built for its target (say, the table stored in g's own weights) proves an approximation, not
-universality. So the checker rebuilds g from (d, m, K, gamma, beta) as README "Claim U"
+universality. So the checker rebuilds g from (d, m, K, gamma, beta) as docs/claims.md "Claim U"
 documents it, in Fractions and without the constructor's code, and refuses a witness whose model
 differs in any weight; the SHA-256 of g's canonical encoding is then one digest per configuration,
 shared by every target (the report prints it).

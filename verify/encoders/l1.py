@@ -5,7 +5,7 @@ a_i (and of the normalisers S_i for L1+), and approximate inverses c_i of the ML
 radius delta with a float dual LP (HiGHS) to find the best certifiable radius; turn the float
 multipliers into exact rationals (repair, else z3 solves the dual exactly); and have the
 independent checker re-verify the result before anything is reported as certified.
-The linear system is documented in verify/check.py.
+The linear system is documented in verify/checkers/l1.py.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _dual_lp(data: _Data, delta: float, shared: bool, piece: "Piece | None" = No
     """Float multipliers (y+_i, y-_i [, mh_i, ml_i], then yZhi, yZlo, ySig) proving infeasibility
     at delta, or None. `piece` adds the L1+ normaliser bound on one piece of the z line.
 
-    Derived from the system in verify/check.py by eliminating the multipliers that the
+    Derived from the system in verify/checkers/l1.py by eliminating the multipliers that the
     identities fix: y_E = y+ - y-, y_Whi = y_Qlo = y+, y_Wlo = y_Qhi = y-. Normalized by
     sum |y| = 1, it minimizes the combined right-hand side; a clearly negative optimum is a
     (float) certificate. Bounded multipliers keep HiGHS honest near the feasibility boundary.

@@ -4,7 +4,7 @@ For every prompt, with v = sum_j s_j p_j its softmax-weighted mean (u = V v) and
 (the logit of a prompt token p is <p, k>), log S_P = <k, v> + H(s) >= <k, v>, so
 sigma = 1/S_P <= exp(-<k, v>): a nonconvex constraint. Split the line z = <k, v> into pieces
 (-inf, z_1], [z_1, z_2], ..., [z_K, inf); on [z_j, ...) the bound sigma <= exp(-z_j) is linear.
-A certificate is one Farkas certificate per piece (checked by verify/check.py); the exact
+A certificate is one Farkas certificate per piece (checked by verify/checkers/l1.py); the exact
 repair of a piece that uses the z rows needs g with V^T g = k, so the bound applies where k lies
 in range(V^T) (SPEC section 2). Breakpoints and radii are found with float LPs under a fixed
 budget of LP solves (deterministic), and only the exact check decides.

@@ -1,6 +1,6 @@
 """Exact rational helpers for the encoders: binary64 -> Fraction, vectors, outward rounding.
 
-(The independent checker, verify/check.py, has its own arithmetic and imports nothing here.)
+(The independent checker, verify/checkers, has its own arithmetic and imports nothing here.)
 """
 
 from __future__ import annotations
