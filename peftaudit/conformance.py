@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from peftaudit.instance import Instance
+from peftaudit.models.methods.abilities import ability
 
 TOLERANCE = 1e-12  # relative agreement of two float64 evaluations of the same outputs
 JACOBIAN_TOLERANCE = 1e-10  # and of two float64 Jacobians (other products, other rounding)
@@ -86,7 +87,7 @@ def rule_param_count(s: Subject) -> str:
         per_problem = sum(t[0].numel() for t in _init(s, inst, 2, 0).values())
         declared = s.method.param_count(inst.spec, s.size)
         assert declared == per_problem, f"param_count says {declared}, the trainable tensors hold {per_problem}"
-        claimed = getattr(s.method, "declared_params", None)
+        claimed = ability(s.method, "declared_params")
         if callable(claimed):
             assert claimed(inst.spec, s.size) == per_problem, \
                 f"declared_params says {claimed(inst.spec, s.size)}, the trainable tensors hold {per_problem}"
@@ -188,7 +189,7 @@ def rule_seeded(s: Subject) -> str:
 
 
 def rule_identity(s: Subject) -> str:
-    identity = getattr(s.method, "identity_adapter", None)
+    identity = ability(s.method, "identity_adapter")
     if not callable(identity):
         raise NotApplicable("no identity adapter declared")
     from peftaudit.models.transformer import forward

@@ -96,3 +96,21 @@ def test_bad_sizes_and_targets():
         get_method("lora", targets="x")
     with pytest.raises(InputError, match="matrices this model has"):
         get_method("lora", targets="o").init(spec, 1, 1, torch.Generator())
+
+
+def test_every_optional_ability_is_declared_once_and_documented():
+    """The optional part of the contract is a table (models/methods/abilities.py), read through
+    ability(); docs/methods.md lists each one, and an undeclared name is an error, not a default."""
+    from pathlib import Path
+
+    from peftaudit.models.methods import get_method
+    from peftaudit.models.methods.abilities import ABILITIES, ability
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
+    for name in ABILITIES:
+        assert f"| `{name}` |" in docs
+    assert ability(get_method("prompt"), "kind") == "input-space" and ability(get_method("prompt"), "projectable")
+    assert ability(get_method("lora"), "kind") == "weight-space" and ability(get_method("prefix"), "kind") == ""
+    assert ability(object(), "sized") is True and ability(object(), "identity_adapter") is None
+    with pytest.raises(KeyError):
+        ability(object(), "no-such-ability")

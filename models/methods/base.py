@@ -14,6 +14,7 @@ from torch import Tensor
 
 from peftaudit.errors import PLUGIN_FAILURES, InputError, UnknownNameError, one_line
 from ..spec import ModelSpec
+from .abilities import ability
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,7 +148,7 @@ def get_method(name: str, **options: object) -> Method:
 
 def one_size(method: object) -> bool:
     """The method has a single size (full fine-tuning, IA3): it runs at size 1 only."""
-    return getattr(method, "sized", True) is False
+    return ability(method, "sized") is False
 
 
 def check_size(method: str, size: int) -> int:

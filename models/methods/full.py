@@ -23,6 +23,7 @@ class FullFineTuning:
     name = "full"
     size_name = "size"  # ignored: full fine-tuning has one size
     sized = False
+    kind = "weight-space"
 
     def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
              dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:

@@ -44,6 +44,7 @@ def adapted_matrices(spec: ModelSpec, targets: tuple[str, ...]) -> list[tuple[st
 class LoRA:
     name = "lora"
     size_name = "rank"
+    kind = "weight-space"
 
     def __init__(self, targets: str | tuple[str, ...] = "v"):
         self.targets = parse_targets(targets)

@@ -20,6 +20,8 @@ from .base import Params, check_size, project_rows, randn, register_method
 class SoftPrompt:
     name = "prompt"
     size_name = "length"
+    kind = "input-space"   # abilities.py: it only prepends trainable tokens
+    projectable = True     # project() keeps each token in the norm ball (claim M)
 
     def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
              dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:

@@ -25,6 +25,7 @@ from peftaudit.errors import PLUGIN_FAILURES
 from peftaudit.search.engine import non_finite, search
 from peftaudit.settings import Profile
 from peftaudit.strategies.families import CAPACITY_SIZES, FAMILIES, draw_family, get_family
+from peftaudit.models.methods.abilities import ability
 
 CARD_SCHEMA = "peftaudit.card/1"
 COMPARATORS = {"prompt": {}, "prefix": {}, "lora": {"targets": "v"}, "full": {}}
@@ -75,7 +76,7 @@ def _run(name: str, options: dict, insts, size: int, base) -> list:
 
 def impossibilities(method) -> list[dict]:
     """Which certified impossibilities apply to the method, and why (from what it declares)."""
-    kind = getattr(method, "kind", "")
+    kind = ability(method, "kind")
     out = []
     for claim_id, statement in IMPOSSIBILITIES.items():
         if kind == "input-space":
@@ -93,7 +94,7 @@ def impossibilities(method) -> list[dict]:
 
 def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict | None:
     """A declared input-space method: can a prompt reproduce its outputs at a random adapter?"""
-    if getattr(method, "kind", "") != "input-space":
+    if ability(method, "kind") != "input-space":
         return None
     import torch
 
@@ -162,7 +163,7 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
                                                      for r in rows)]
             capacity.append({"method": mname, "params": params, "examples_memorized": max(full, default=0)})
     conflicts = []
-    if getattr(subject, "kind", "") == "input-space":  # a certified L1 instance it memorized refutes its kind
+    if ability(subject, "kind") == "input-space":  # a certified L1 instance it memorized refutes its kind
         from peftaudit.evidence import TOLERANCE, certify_one
         from peftaudit.claims import get_claim
         l1 = draw_family("l1", count, d, seed)
@@ -175,7 +176,7 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
         declaration = declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0], base)
     except PLUGIN_FAILURES:  # the method failed while its declaration was checked: its ERROR
         declaration, errors[name] = None, errors.get(name) or traceback.format_exc(limit=8)
-    return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": getattr(subject, "kind", ""), "d": d,
+    return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": ability(subject, "kind"), "d": d,
             "instances_per_family": count, "profile": profile.name, "seed": seed, "budgets": budgets,
             "families": {k: FAMILIES[k].description for k in chosen}, "rows": rows, "capacity": capacity,
             "impossibilities": impossibilities(subject),

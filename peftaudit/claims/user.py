@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from peftaudit.errors import InputError
+from peftaudit.models.methods.abilities import ability
 from peftaudit.settings import Profile
 from peftaudit.strategies.families import draw_family, family_name, get_family
 
@@ -53,7 +54,7 @@ def _certifier(method: str, options: dict, family: str, size: int):
 
     claim_id = get_family(family).prompt_certificate
     m = get_method(method, **options)
-    if getattr(m, "kind", "") != "input-space" or claim_id not in ("L1", "L2"):
+    if ability(m, "kind") != "input-space" or claim_id not in ("L1", "L2"):
         return None
     if claim_id == "L2" and size >= 2:  # L2 rules out prompts shorter than N = 2 only
         return None

@@ -17,6 +17,7 @@ from peftaudit.search.engine import Attempt, SearchConfig, confirm, search
 from peftaudit.settings import Profile
 
 from .outcome import SOLVED_MAX_ERROR, TOLERANCE, ClaimOutcome, log_name, shape
+from peftaudit.models.methods.abilities import ability
 
 
 def certify_one(claim: Claim, inst: Instance, tolerance: float) -> dict:
@@ -145,8 +146,8 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
             failed[name] = f"the method could not be constructed here: {one_line(exc)}"
             continue
         sizes = (1,) if one_size(method) else tuple(profile.lengths)
-        inherits = getattr(method, "kind", "") == "input-space" and claim.kind == "cannot" and prompt_runs
-        if inherits and prompt_runs[0].norm_bound is not None and not getattr(method, "projectable", False):
+        inherits = ability(method, "kind") == "input-space" and claim.kind == "cannot" and prompt_runs
+        if inherits and prompt_runs[0].norm_bound is not None and not ability(method, "projectable"):
             inherits = False  # its tokens could leave the ball the claim is about
         if inherits:
             falsifiers.extend(MethodRun(name, sizes=r.sizes, norm_bound=r.norm_bound) for r in prompt_runs)

@@ -24,6 +24,7 @@ from peftaudit.errors import InputError
 from peftaudit.instance import Instance
 from peftaudit.limits import MAX_RESTARTS, MAX_SIZE
 from peftaudit.models.methods import get_method
+from peftaudit.models.methods.abilities import ability, takes_keep
 from peftaudit.models.methods.base import Method
 
 from . import optimize as O
@@ -109,15 +110,6 @@ def non_finite(attempts: list[Attempt]) -> list[int]:
     """Instances on which every candidate of every restart replayed to NaN or Inf: the method is
     broken there (its outputs are not numbers), which is its ERROR, never a miss."""
     return sorted({a.instance for a in attempts if not math.isfinite(a.best_loss)})
-
-
-def takes_keep(method: Method) -> bool:
-    """The method's outputs accept keep=k (the last k positions only; optional in the contract)."""
-    import inspect
-    try:
-        return "keep" in inspect.signature(method.outputs).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _chunk_seed(seed: int, *parts: object) -> int:
@@ -267,7 +259,7 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
 
     jacobian_of = None  # forward mode written out (models/tangents.py), where the method has it and P <= R
     n_params, n_res = sum(t[0].numel() for t in template.values()), Y[0].numel()
-    if hasattr(method, "outputs_and_jacobian") and partial and n_params <= n_res:
+    if ability(method, "outputs_and_jacobian") is not None and partial and n_params <= n_res:
         def jacobian_of(theta: torch.Tensor, W: dict, X_b: torch.Tensor, _Y_b: torch.Tensor) -> torch.Tensor:
             return method.outputs_and_jacobian(spec, W, unflat(theta, template), X_b, keep=k)[1]  # (b,R,P)
 
