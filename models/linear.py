@@ -8,13 +8,13 @@ construction attains it when the partial products it inverts are non-singular:
 
 with E_1 + ... + E_L the best rank-RL approximation of E split into L pieces of rank <= R. Then the
 adapted product is W_L ... W_1 + E_1 + ... + E_L. The condition numbers of A_l and B_{l-1} are
-returned so that a caller can say the assumption was checked, not assumed.
+returned so that a caller can say the assumption was checked, not assumed. The search for LoRA
+factors on these networks is peftaudit/search/linear.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def product(layers: list[np.ndarray]) -> np.ndarray:
@@ -55,43 +55,3 @@ def construction(layers: list[np.ndarray], target: np.ndarray, rank: int) -> tup
 def adapted_error(layers: list[np.ndarray], target: np.ndarray, factors) -> np.ndarray:
     """W_bar - prod_l (W_l + B_l A_l)."""
     return target - product([W + B @ A for W, (B, A) in zip(layers, factors)])
-
-
-def search(layers: list[np.ndarray], target: np.ndarray, rank: int, *, restarts: int = 8, steps: int = 60,
-           seed: int = 0) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
-    """Batched Levenberg-Marquardt on ||W_bar - prod (W_l + B_l A_l)||_F^2 from random starts; returns
-    the smallest spectral error found and its factors. Evidence only: it can never beat the bound."""
-    L, D = len(layers), target.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.as_tensor(np.stack(layers))                                                # (L,D,D)
-    T = torch.as_tensor(target)                                                          # (D,D)
-    n = 2 * L * D * rank
-    theta = 0.1 * torch.randn(restarts, n, generator=gen, dtype=torch.float64)           # (S,n)
-
-    def residual(t: torch.Tensor) -> torch.Tensor:
-        BA = t.reshape(L, 2, D * rank)
-        out = torch.eye(D, dtype=torch.float64)
-        for l in range(L):
-            B, A = BA[l, 0].reshape(D, rank), BA[l, 1].reshape(rank, D)
-            out = (W[l] + B @ A) @ out                                                   # (D,D)
-        return (T - out).reshape(-1)                                                     # (D*D,)
-
-    jac = torch.func.vmap(torch.func.jacfwd(residual))
-    res = torch.func.vmap(residual)
-    damping = torch.full((restarts,), 1e-3, dtype=torch.float64)
-    for _ in range(steps):
-        r = res(theta)                                                                   # (S,D*D)
-        J = jac(theta)                                                                   # (S,D*D,n)
-        JtJ = J.transpose(1, 2) @ J                                                      # (S,n,n)
-        g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)                            # (S,n)
-        eye = torch.eye(n, dtype=torch.float64)
-        step = torch.linalg.solve(JtJ + damping[:, None, None] * (eye + torch.diag_embed(
-            torch.diagonal(JtJ, dim1=1, dim2=2))), g)                                    # (S,n)
-        trial = theta - step
-        better = (res(trial) ** 2).sum(1) < (r ** 2).sum(1)                              # (S,)
-        theta = torch.where(better[:, None], trial, theta)
-        damping = torch.where(better, damping / 3, damping * 4).clamp(1e-12, 1e12)
-    errors = torch.linalg.matrix_norm(res(theta).reshape(restarts, D, D), ord=2)        # (S,)
-    best = int(torch.argmin(errors))
-    BA = theta[best].reshape(L, 2, D * rank).numpy()
-    return float(errors[best]), [(BA[l, 0].reshape(D, rank), BA[l, 1].reshape(rank, D)) for l in range(L)]

@@ -11,7 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from peftaudit.linear_instance import LinearInstance, digest, to_dict
-from peftaudit.models.linear import adapted_error, construction, search
+from peftaudit.models.linear import adapted_error, construction
+from peftaudit.search.linear import search
 from peftaudit.strategies.z1_instances import z1_instance
 from peftaudit.verify.checkers import MalformedCertificate, check_certificate
 from peftaudit.verify.encoders.z1 import certify_z1

@@ -7,6 +7,7 @@ the end, so an interrupted run never leaves a partial report posing as complete.
 from __future__ import annotations
 
 import base64
+from dataclasses import asdict
 import io
 import json
 import os
@@ -108,10 +109,11 @@ def claim_json(o: ClaimOutcome) -> dict:
         "log": log_name(c.id) if o.tracebacks else None,
         "parameter_table": c.parameter_table,
         "evidence": c.evidence, "study": o.study,
+        "study_table": asdict(c.study_table(o.study)) if c.study_table and o.study else None,
     }
     if c.parameter_table:
         out["parameters"] = parameter_rows(out)
-    from .universality import g_per_configuration
+    from peftaudit.claims.u_report import g_per_configuration
     g_rows = g_per_configuration(certs) if c.evidence == "witness" else []
     if g_rows:  # claim U: one g per configuration, shared by every target
         out["g_per_configuration"] = g_rows
@@ -214,7 +216,7 @@ def figures(report: dict) -> dict[str, bytes]:
             ax.text(i, cal[n]["recall"] + 0.01, f"{cal[n]['solved']}/{cal[n]['total']}", ha="center", fontsize=8)
         out["calibration.png"] = _figure_png(fig)
         plt.close(fig)
-    from .universality import universality_figures
+    from peftaudit.claims.u_report import universality_figures
     out.update(universality_figures(report, plt, _figure_png))
     return out
 
@@ -318,10 +320,9 @@ def markdown(report: dict) -> str:
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
-        if c.get("study"):
-            lines += study_markdown(c["study"], c)
+        lines += study_markdown(c)
         if c.get("g_per_configuration"):
-            from .universality import g_markdown
+            from peftaudit.claims.u_report import g_markdown
             lines += g_markdown(c["g_per_configuration"])
         shown, more = capped(c["counterexamples"], "counterexamples")
         for ce in shown:
@@ -358,25 +359,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_table(study: dict) -> tuple[str, tuple[str, ...], list[list[str]], str] | None:
-    """(caption, headers, rows, note) of a claim's own section (U: sizes and d_p; Z1: ranks)."""
-    from .rank_table import NOTE as RANK_NOTE, rank_table
-    from .universality import NOTE as U_NOTE, universality_table
-    if study.get("kind") == "universality":
-        return ("The construction per instance: its sizes against the counting bound, and d_p against eps (bound "
-                "checked in exact arithmetic; Monte Carlo on the float64 softmax model):",
-                *universality_table(study), U_NOTE)
-    if study.get("kind") == "rank-threshold":
-        return ("The rank each side needs, per instance:", *rank_table(study), RANK_NOTE)
-    if study.get("kind") == "prefix-identity":
-        from .prefix_table import NOTE as PREFIX_NOTE, prefix_table
-        return ("Per layer and head: the identity in float64, the prefix mass and the output's move:",
-                *prefix_table(study), PREFIX_NOTE)
-    return None
+def study_table(c: dict) -> tuple[str, tuple[str, ...], list[list[str]], str] | None:
+    """(caption, headers, rows, note) of a claim's own section, as its claim built it (claim_json)."""
+    t = c.get("study_table")
+    return None if not t else (t["caption"], tuple(t["headers"]), t["rows"], t["note"])
 
 
-def study_markdown(study: dict, c: dict) -> list[str]:
-    table = study_table(study)
+def study_markdown(c: dict) -> list[str]:
+    table = study_table(c)
     if table is None:
         return []
     caption, headers, rows, note = table

@@ -34,6 +34,15 @@ class MethodRun:
 
 
 @dataclass(frozen=True)
+class StudyTable:
+    """A claim's own table in its report section (the claim builds it from its study's data)."""
+    caption: str
+    headers: tuple[str, ...]
+    rows: list[list[str]]  # one list of cells per instance (or per instance and layer)
+    note: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """A claim about what a PEFT method cannot (or can) learn, and how evidence counts.
 
@@ -63,6 +72,7 @@ class Claim:
     parameter_table: bool = False  # report the parameters each method needed, per instance (L2's table)
     evidence: str = ""     # "witness": certify returns constructive witnesses (claim U)
     study: Callable | None = None  # (instances, certificate summaries, profile, seed, log) -> report section data
+    study_table: Callable[[dict], StudyTable] | None = None  # the study's data -> its table in the report
     subject: str = ""      # the method the claim is about: --methods never drops its runs (user claims set it)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from peftaudit.settings import Profile
 
 from .base import Claim, register_claim
+from .p1_report import prefix_table
 
 SOURCE = "Petrov, Torr, Bibi, 'When Do Prompting and Prefix-Tuning Work? A Theory of Capabilities and Limitations', ICLR 2024"
 SETUPS = (("prefix-kv", "encoder"), ("prefix", "encoder"), ("prompt", "causal"), ("prefix-kv", "causal"),
@@ -98,6 +99,7 @@ P1 = register_claim(Claim(
     certify=_certify,
     refuted_by="a failing identity or an input-dependent prefix value, checked exactly",
     study=_study,
+    study_table=prefix_table,
 ))
 
 

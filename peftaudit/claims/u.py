@@ -18,6 +18,7 @@ import numpy as np
 from peftaudit.settings import Profile
 
 from .base import Claim, register_claim
+from .u_report import universality_table
 
 SOURCE = "Wang, Chauhan, Wang, Hsieh, 'Universality and Limitations of Prompt Tuning', NeurIPS 2023 (universality)"
 
@@ -143,4 +144,5 @@ U = register_claim(Claim(
     refuted_by="a constructive witness that fails its exact check",
     evidence="witness",
     study=_study,
+    study_table=universality_table,
 ))

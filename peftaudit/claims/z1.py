@@ -15,6 +15,7 @@ import numpy as np
 from peftaudit.settings import Profile
 
 from .base import Claim, register_claim
+from .z1_report import rank_table
 
 SOURCE = "Zeng and Lee, 'The Expressive Power of Low-Rank Adaptation', ICLR 2024 (linear networks)"
 CONFIGS = ((4, 2, 3), (6, 2, 5), (6, 3, 6), (8, 2, 6), (8, 3, 7), (5, 2, 4))   # (D, L, rank of E)
@@ -53,7 +54,7 @@ def _conflict(inst, factors, lower: float) -> bool:
 
 
 def _study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
-    from peftaudit.models.linear import search
+    from peftaudit.search.linear import search
     from peftaudit.verify.encoders.z1 import _rank_e
 
     rows, violations = [], []
@@ -104,6 +105,7 @@ Z1 = register_claim(Claim(
                "conflict: ERROR)",
     evidence="",
     study=_study,
+    study_table=rank_table,
 ))
 
 

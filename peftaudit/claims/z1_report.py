@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import StudyTable
+
 HEADERS = ("instance", "D", "L", "family", "rank(E) numerical / exact", "rank needed: certificate",
            "construction", "search", "certified error bound below it", "construction's error below it",
            "construction's error at it", "search's spectral error per rank")
@@ -18,7 +20,7 @@ def _g(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def rank_table(study: dict) -> tuple[tuple[str, ...], list[list[str]]]:
+def rank_table(study: dict) -> StudyTable:
     rows = []
     for r in study["rows"]:
         vacuous = r["vacuous"]
@@ -29,4 +31,4 @@ def rank_table(study: dict) -> tuple[tuple[str, ...], list[list[str]]]:
                      str(r["rank_search"] or f"> {max(map(int, r['search_errors']), default=0)}"),
                      _g(r["lower"]), _g(r["upper_below"]), _g(r["upper_at"]),
                      ", ".join(f"R={k}: {v:.2g}" for k, v in r["search_errors"].items())])
-    return HEADERS, rows
+    return StudyTable("The rank each side needs, per instance:", HEADERS, rows, NOTE)

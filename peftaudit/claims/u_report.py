@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import StudyTable
+
 HEADERS = ("instance", "target", "d", "m", "delta", "cells", "depth", "width", "MLP widths", "prompt length",
            "counting bound", "prompt params", "model params", "eps", "p", "d_p bound (checked)",
            "d_p Monte Carlo (95%)", "gradient search")
@@ -23,7 +25,7 @@ def _search_cell(row: dict) -> str:
     return f"{which}: {fit}; d_p ~ {s['monte_carlo']['dp']:.2g} ({within} eps)"
 
 
-def universality_table(study: dict) -> tuple[tuple[str, ...], list[list[str]]]:
+def universality_table(study: dict) -> StudyTable:
     rows = []
     for r in study["rows"]:
         mc = r.get("monte_carlo")
@@ -35,7 +37,9 @@ def universality_table(study: dict) -> tuple[tuple[str, ...], list[list[str]]]:
                                                                                else f" ({r['status']})"),
                      "-" if mc is None else f"{mc['dp']:.3g} [{mc['dp_low']:.3g}, {mc['dp_high']:.3g}]",
                      _search_cell(r)])
-    return HEADERS, rows
+    return StudyTable("The construction per instance: its sizes against the counting bound, and d_p against eps "
+                      "(bound checked in exact arithmetic; Monte Carlo on the float64 softmax model):", HEADERS, rows,
+                      NOTE)
 
 
 def universality_figures(report: dict, plt, to_png) -> dict[str, bytes]:
