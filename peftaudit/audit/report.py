@@ -83,9 +83,16 @@ def comparable(report: dict, folder: str | Path | None = None) -> dict:
     return strip(report)
 
 
+def method_key(method: str, options: dict) -> str:
+    """A method with its options, without sizes or norm bound: 'lora [targets=v]', 'prompt'."""
+    opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{method} [{opts}]" if opts else method
+
+
 def _attempt_rows(attempts) -> list[dict]:
     return [{"instance": a.instance, "size": a.size, "params": a.params, "best_loss": finite(a.best_loss),
-             "max_abs_error": finite(a.max_abs_error), "solved": a.solved} for a in attempts]
+             "max_abs_error": finite(a.max_abs_error), "solved": a.solved, "method": method_key(a.method, a.options)}
+            for a in attempts]
 
 
 def claim_json(o: ClaimOutcome) -> dict:
@@ -120,20 +127,14 @@ def claim_json(o: ClaimOutcome) -> dict:
     return out
 
 
-def _method_key(label: str) -> str:
-    """A MethodRun label without its sizes and norm bound: 'lora [targets=v]', 'prompt'."""
-    base = label.split("@")[0].split(" ")[0]
-    name, _, opts = base.partition("[")
-    return f"{name} [{opts}" if opts else name
-
-
 def parameter_rows(c: dict) -> list[dict]:
     """Per instance: the certified prompt-parameter lower bound, and per method the fewest parameters
     with which search memorized (or the most it tried without success)."""
     series: dict[str, list[dict]] = {}
-    for label, rows in [*c["search"].items(), *c.get("comparisons", {}).items(),
-                        *((k, v["results"]) for k, v in c["contrasts"].items())]:
-        series.setdefault(_method_key(label), []).extend(rows)
+    for rows in [*c["search"].values(), *c.get("comparisons", {}).values(),
+                 *(v["results"] for v in c["contrasts"].values())]:
+        for r in rows:  # keyed by the method each row names, never by parsing a run's display label
+            series.setdefault(r["method"], []).append(r)
     needed = {x["instance"]: (x.get("established") or {}).get("prompt_params_needed") for x in c["certificates"]
               if x["status"] == "certified"}
     out = []
