@@ -38,12 +38,18 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
     new_file(args.out, args.force)
     inst = instance_io.load(args.instance)
+    if args.rank is not None and args.claim != "LV":
+        print("peftaudit certify: --rank applies to --claim LV only", file=sys.stderr)
+        return exits.BAD_INPUT
     if args.norm_bound is not None and args.claim != "M":
         print("peftaudit certify: --norm-bound applies to --claim M only", file=sys.stderr)
         return exits.BAD_INPUT
     def run():
         if args.claim == "U":
             return _certify_u(inst)
+        if args.claim == "LV":
+            from peftaudit.verify.encoders.lv import certify_lv
+            return certify_lv(inst, 1 if args.rank is None else args.rank, tolerance=args.tolerance)
         if args.claim == "L2":
             from peftaudit.verify.encoders.l2 import certify_l2
             return certify_l2(inst, tolerance=args.tolerance)
@@ -76,7 +82,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if result.margin is not None:
             print(f"  margin at the layer output: {float(result.margin):.6g} (tolerance {args.tolerance:g})")
         if result.best_error is not None:
-            print(f"  best reachable attention error of the relaxation: {result.best_error:.6g}")
+            print(f"  {'sigma_(r+1) of the residual matrix (float64)' if result.claim == 'LV' else 'best reachable attention error of the relaxation'}: "
+                  f"{result.best_error:.6g}")
         print(f"  {result.reason}")
         if args.out and result.certificate is not None:
             print(f"  certificate written to {args.out}")
@@ -117,10 +124,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, M; "
+    p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, LV, M; "
                                        "construction: U)")
     p.add_argument("instance", help="instance file (.json, .npz, .safetensors)")
-    p.add_argument("--claim", choices=["L1", "L1+", "L2", "M", "U"], default="L1")
+    p.add_argument("--claim", choices=["L1", "L1+", "L2", "LV", "M", "U"], default="L1")
+    p.add_argument("--rank", type=bounded(0, 1024, "a rank from 0"), default=None,
+                   help="LV only: no update of W_v of rank <= RANK fits (default 1)")
     p.add_argument("--norm-bound", type=positive_float, default=None,
                    help="M only: the bound B on prompt tokens' 2-norms (default: the instance's "
                         "meta.prompt_norm_bound)")

@@ -10,7 +10,8 @@ from peftaudit.limits import LIMITS, MAX_SIZE
 from . import exits
 from .args import bounded, new_file, nonneg_float, positive_float, seed
 
-GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "m", "m-fold-mlp",
+GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "lv", "planted-lv", "m",
+                  "m-fold-mlp",
                   "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder", "u")
 
 
@@ -27,6 +28,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         inst = builders.l1_instance(rng, args.d, variant)
     elif args.kind == "planted-prompt":
         inst = builders.planted_prompt_instance(rng, args.d, args.length)
+    elif args.kind in ("lv", "planted-lv"):
+        inst = builders.lv_instance(rng, args.d, args.d + 1 if args.examples is None else args.examples,
+                                    planted_rank=args.length if args.kind == "planted-lv" else None)
     elif args.kind == "l2":
         inst = builders.l2_instance(rng, args.d, 2)
     elif args.kind.startswith("m"):
@@ -56,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d", type=bounded(1, LIMITS["d"], "a dimension from 1"), required=True)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--length", type=bounded(1, MAX_SIZE, "a length from 1"), default=1,
-                   help="planted prompt length or LoRA rank")
+                   help="planted prompt length or LoRA rank (planted-lv: the hidden update's rank)")
+    p.add_argument("--examples", type=bounded(1, 4096, "a count from 1"), default=None,
+                   help="kinds lv, planted-lv: examples (default d + 1)")
     p.add_argument("--layers", type=bounded(1, LIMITS["layers"], "a layer count from 1"), default=1, help="layers (kind m)")
     p.add_argument("--m", type=bounded(1, 16, "a token count from 1"), default=1, help="kind u: tokens per input")
     p.add_argument("--lipschitz", type=nonneg_float, default=1.0, help="kind u: Lipschitz bound L of the target")

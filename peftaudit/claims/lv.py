@@ -1,0 +1,59 @@
+"""Claim LV: rank-r updates of W_v alone (LoRA on v, peft-lora on v, VeRA-style updates of W_v)
+cannot fit some datasets, with a certified floor per instance: the weight-space side of the
+paper's parameter comparison (issue 25). The certificate: verify/encoders/lv.py; its
+independent checker: verify/checkers/lv.py."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from peftaudit.settings import Profile
+from peftaudit.strategies.instances import lv_instance
+
+from .base import Claim, MethodRun, register_claim
+
+RANK = 1            # the claim's rank: no update of W_v of rank <= RANK fits the drawn datasets
+PLANTED_RANK = 2    # every third instance: targets from a hidden rank-2 update (rank 1 is still certified)
+
+
+def _draw(profile: Profile, seed: int):
+    rng = np.random.default_rng([seed, 25])
+    out = []
+    for i in range(profile.instances):
+        d = (2, 4, 8)[i % 3]
+        planted = PLANTED_RANK if i % 3 == 2 and d > PLANTED_RANK else None
+        out.append(lv_instance(rng, d, d + 1, planted_rank=planted, attention="causal" if i % 2 else "encoder"))
+    return out
+
+
+def _hypotheses(inst):
+    from peftaudit.verify.encoders.lv import hypotheses
+    return hypotheses(inst, RANK)
+
+
+def _certify(inst, tolerance: float):
+    from peftaudit.verify.encoders.lv import certify_lv
+    return certify_lv(inst, RANK, tolerance)
+
+
+LV = register_claim(Claim(
+    id="LV",
+    title=f"Updates of W_v of rank <= {RANK} cannot fit these datasets (a certified floor for LoRA on v)",
+    source="Eckart-Young applied to the value update of a single layer (issue 25), the weight-space side of "
+           "Wang et al. (NeurIPS 2023), Section 5's comparison of prompt tuning with LoRA",
+    formalization=(
+        "Single layer, single head, residual MLP with kappa < 1, one last-position target per example. An update "
+        "Delta of W_v keeps the attention weights, so the states before the MLP are x_i + V u_i + Wo Delta u_i; "
+        "with H_i = g^{-1}(Y_i) and R = [H_i - x_i - V u_i], every Delta of rank <= r leaves a last-position max "
+        "error >= (1 - kappa) sigma_{r+1}(R) / sqrt(d N). The certificate bounds sigma_{r+1} from below exactly "
+        "(Courant-Fischer by an LDL^T, Weyl for the enclosure of R). Instances: N = d + 1 examples at d = 2, 4, 8 "
+        "with random targets, every third planted from a hidden rank-2 update; falsifiers: rank-1 LoRA on W_v "
+        "(built in and peft's); rank-2 LoRA on W_v and full fine-tuning are compared. Updates of W_q, W_k or the "
+        "MLP are not covered (they change the attention or the inversion)."),
+    kind="cannot",
+    draw=_draw,
+    hypotheses=_hypotheses,
+    falsifiers=(MethodRun("lora", {"targets": "v"}, (RANK,)), MethodRun("peft-lora", {"targets": "v"}, (RANK,))),
+    comparisons=(MethodRun("lora", {"targets": "v"}, (PLANTED_RANK,)), MethodRun("full", {}, (1,))),
+    certify=_certify,
+))

@@ -1,0 +1,102 @@
+"""Claim LV: no update of W_v of rank <= r fits, certified per instance and re-verified by the
+independent checker; planted low-rank instances are never certified at or above their rank, and
+no search result at rank r falls below a certified margin."""
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from peftaudit.cli import main
+from peftaudit.strategies.instances import lv_instance
+from peftaudit.verify.checkers import MalformedCertificate, check_certificate
+from peftaudit.verify.encoders.lv import certify_lv
+
+
+@pytest.mark.parametrize("d,examples", [(2, 3), (4, 5), (6, 4)])
+@pytest.mark.parametrize("seed", range(3))
+def test_generic_instances_are_certified_below_full_rank_and_checked(d, examples, seed):
+    inst = lv_instance(np.random.default_rng(seed), d, examples, attention="causal" if seed % 2 else "encoder")
+    for rank in range(min(d, examples)):
+        result = certify_lv(inst, rank)
+        assert result.status == "certified", (rank, result.reason)
+        checked = check_certificate(result.certificate)
+        assert checked.valid and checked.margin == result.margin > 0
+
+
+@pytest.mark.parametrize("planted", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_planted_instances_are_never_certified_at_or_above_their_rank(planted, seed):
+    inst = lv_instance(np.random.default_rng([seed, planted]), 4, 5, planted_rank=planted)
+    statuses = {rank: certify_lv(inst, rank).status for rank in range(4)}
+    assert all(statuses[r] != "certified" for r in range(planted, 4)), statuses
+    assert statuses[planted - 1] == "certified", statuses  # one below the planted rank: generically certified
+
+
+@pytest.fixture(scope="module")
+def certificate():
+    result = certify_lv(lv_instance(np.random.default_rng(7), 4, 5), 1)
+    assert result.status == "certified"
+    return result.certificate
+
+
+def _frac(text):
+    return Fraction(text)
+
+
+@pytest.mark.parametrize("field,change", [
+    ("s", lambda c: str(_frac(c["s"]) * 2)),                       # a larger sigma floor than the data allow
+    ("e", lambda c: str(_frac(c["e"]) / 1000)),                    # a smaller enclosure error than the boxes
+    ("c", lambda c: "1"),                                          # sqrt(d N) understated
+    ("margin", lambda c: str(_frac(c["margin"]) * 2)),             # a claimed margin above the checked one
+    ("H", lambda c: [[str(_frac(x) + 1) for x in row] for row in c["H"]]),  # preimages moved: margin shrinks
+])
+def test_tampered_numbers_are_rejected(certificate, field, change):
+    bad = json.loads(json.dumps(certificate))
+    bad[field] = change(bad)
+    assert not check_certificate(bad).valid
+
+
+@pytest.mark.parametrize("field,value", [("rank", 2), ("rank", -1), ("Q", []), ("H", [])])
+def test_malformed_or_mismatched_shapes_are_refused(certificate, field, value):
+    bad = json.loads(json.dumps(certificate))
+    bad[field] = value
+    try:
+        assert not check_certificate(bad).valid
+    except MalformedCertificate:
+        pass
+
+
+def test_no_rank_r_search_result_falls_below_the_certified_margin():
+    from peftaudit.evidence import search_config
+    from peftaudit.search.engine import search
+    from dataclasses import replace
+    from peftaudit.settings import get_profile
+
+    insts = [lv_instance(np.random.default_rng(s), d, d + 1) for s, d in ((0, 2), (1, 4), (2, 4))]
+    margins = [certify_lv(inst, 1).margin for inst in insts]
+    config = replace(search_config(get_profile("quick"), 0, "cpu"), method="lora", options={"targets": "v"}, sizes=(1,))
+    for a in search(insts, config, progress=False):
+        assert a.max_abs_error >= float(margins[a.instance]), (a.instance, a.max_abs_error, margins[a.instance])
+
+
+def test_cli_generates_certifies_and_checks_lv(tmp_path, capsys):
+    inst = tmp_path / "plv.json"
+    assert main(["generate", "--kind", "planted-lv", "--d", "4", "--length", "2", "--out", str(inst)]) == 0
+    cert = tmp_path / "c.json"
+    assert main(["certify", str(inst), "--claim", "LV", "--rank", "1", "--out", str(cert)]) == 0
+    assert main(["certify", str(inst), "--claim", "LV", "--rank", "2"]) == 1  # the planted rank: never certified
+    assert main(["check-certificate", str(cert), "--instance", str(inst)]) == 0
+    assert main(["certify", str(inst), "--rank", "1"]) == 2  # --rank is LV's alone
+    out = capsys.readouterr().out
+    assert "LV: certified" in out and "LV: not-certified" in out
+
+
+def test_audit_certifies_lv_on_its_drawn_instances():
+    from peftaudit.audit import run_audit
+
+    result = run_audit(["LV"], calibration=False, progress=False, quiet=True, instances=3)
+    claim = result.report["claims"][0]
+    assert claim["verdict"] == "CERTIFIED", claim["reason"]
+    assert not claim["violations"] and not result.errors
