@@ -20,6 +20,9 @@ ABILITIES = {a.name: a for a in (
     Ability("kind", "", "'input-space': it only prepends trainable tokens, its size their number (it inherits the "
                         "prompt claims as their falsifier, and must declare a pure prompt as its exact model); "
                         "'weight-space': it changes how the frozen weights act; '': undeclared"),
+    Ability("update_class", "", "'value-rank': it changes W_v only, by an update of rank <= its size (LoRA on v, "
+                                "VeRA on W_v): claim LV applies to it (it is searched as LV's falsifier, and a "
+                                "conformance rule checks the declaration on random adapters); '': undeclared"),
     Ability("projectable", False, "True when project(trainable, bound) keeps its tokens in a norm ball (claim M "
                                   "searches it under the ball only then)"),
     Ability("sized", True, "False for a method with one size (full fine-tuning, IA3): it runs at size 1 only"),

@@ -49,6 +49,11 @@ class LoRA:
     def __init__(self, targets: str | tuple[str, ...] = "v"):
         self.targets = parse_targets(targets)
 
+    @property
+    def update_class(self) -> str:
+        """abilities.py: on W_v alone, a rank-r LoRA is an update of W_v of rank <= r."""
+        return "value-rank" if self.targets == ("v",) else ""
+
     def init(self, spec: ModelSpec, batch: int, size: int, generator: torch.Generator,
              dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         check_size(self.name, size)

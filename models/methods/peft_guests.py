@@ -65,6 +65,11 @@ def _linears(adapter: Mapping[str, np.ndarray], marker: str) -> dict[str, str]:
 
 class _PeftGuest(ModuleMethod):
     default_targets = "v"
+    low_rank_update = False  # a rank-r update of each target (peft-lora): on v alone, LV applies
+
+    @property
+    def update_class(self) -> str:
+        return "value-rank" if self.low_rank_update and self.targets == ("v",) else ""
 
     def __init__(self, targets: str | tuple[str, ...] | None = None, alpha: float | None = None):
         self.peft = import_peft()
@@ -99,6 +104,7 @@ class _PeftGuest(ModuleMethod):
 class PeftLoRA(_PeftGuest):
     name = "peft-lora"
     identity = True  # peft starts B at zero
+    low_rank_update = True
 
     def transform(self, module: TransformerModule, size: int) -> nn.Module:
         return self._lora(module, size, dora=False)
