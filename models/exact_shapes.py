@@ -137,3 +137,35 @@ def is_pure_prompt(adapter) -> bool:
     """The adapter only prepends tokens: what an input-space method's exact model must be."""
     return adapter.prompt is not None and not beyond_prompt(adapter)
 
+
+def declared_update(exact, weight: str) -> np.ndarray | None:
+    """The dense update an exact model makes to `weight` (its low_rank, delta and kron parts summed)."""
+    total = None
+    if weight in exact.low_rank:
+        B, A, *scale = exact.low_rank[weight]
+        total = (scale[0] if scale else 1.0) * (np.asarray(B) @ np.asarray(A))
+    if weight in exact.delta:
+        total = np.asarray(exact.delta[weight]) + (0 if total is None else total)
+    if weight in exact.kron:
+        first, second, scale = exact.kron[weight]
+        product = lambda fs: np.linalg.multi_dot([*map(np.asarray, fs), np.eye(np.shape(fs[-1])[1])])  # noqa: E731
+        total = scale * np.kron(product(first), product(second)) + (0 if total is None else total)
+    return total
+
+
+def value_rank_problem(exact, size: int) -> str | None:
+    """Why the exact model is not an update of the value maps W_v alone of rank <= size (the
+    update class 'value-rank' a method may declare, for claim LV), or None."""
+    others = ["prompt"] if exact.prompt is not None else []
+    others += [f"{field} of {w}" for field in ("prefix", "row_norm", "row_scale", "col_scale")
+               for w in getattr(exact, field)]
+    touched = set(exact.low_rank) | set(exact.delta) | set(exact.kron)
+    others += sorted(w for w in touched if not w.endswith(".Wv"))
+    if others:
+        return f"it declares updates of W_v only, its exact model also changes {', '.join(others[:4])}"
+    for weight in sorted(touched):
+        rank = int(np.linalg.matrix_rank(declared_update(exact, weight)))
+        if rank > size:
+            return f"it declares rank <= {size}, its update of {weight} has rank {rank}"
+    return None
+

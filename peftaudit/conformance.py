@@ -246,6 +246,24 @@ def rule_exact(s: Subject) -> str:
     return f"the forward lies within {worst:.1e} of the exact model's enclosure"
 
 
+def rule_update_class(s: Subject) -> str:
+    """A method declaring update_class 'value-rank' (LV applies to it): on random adapters its
+    exact model changes the value maps W_v only, each by an update of rank <= its size."""
+    from peftaudit.search.engine import exact_model
+
+    declared = ability(s.method, "update_class")
+    if declared != "value-rank":
+        raise NotApplicable("no update class declared: claim LV does not apply to the method")
+    from peftaudit.models.exact_shapes import value_rank_problem
+
+    for inst in s.instances:
+        for seed in (5, 6):
+            adapter = {k: v[0].numpy() for k, v in _init(s, inst, 1, seed).items()}
+            problem = value_rank_problem(exact_model(s.method, inst, adapter), s.size)
+            assert problem is None, problem
+    return f"only W_v changes, by updates of rank <= {s.size}, on random adapters"
+
+
 def torch_func_jacobian(method, spec, W: dict, trainable: dict, X: torch.Tensor, keep: int | None) -> torch.Tensor:
     """Every problem's Jacobian (B, R, P) of its flattened outputs in its flat parameters, by
     torch.func.jacfwd of the method's own `outputs`: the reference an offered Jacobian must meet."""
@@ -261,7 +279,7 @@ def torch_func_jacobian(method, spec, W: dict, trainable: dict, X: torch.Tensor,
 def rule_jacobian(s: Subject) -> str:
     """A method's own `outputs_and_jacobian`, which LM trusts in place of torch.func, against
     its `outputs` and torch.func.jacfwd of them, at the target positions the search asks for."""
-    offered = getattr(s.method, "outputs_and_jacobian", None)
+    offered = ability(s.method, "outputs_and_jacobian")
     if not callable(offered):
         raise NotApplicable("no Jacobian offered: the search differentiates the outputs with torch.func")
     worst = 0.0
@@ -291,6 +309,7 @@ RULES: dict[str, Callable[[Subject], str]] = {
     "replay equals the optimizer's forward": rule_replay,
     "the declared exact model agrees with the forward": rule_exact,
     "an offered Jacobian is the outputs' own": rule_jacobian,
+    "a declared update class holds": rule_update_class,
 }
 
 

@@ -100,3 +100,45 @@ def test_audit_certifies_lv_on_its_drawn_instances():
     claim = result.report["claims"][0]
     assert claim["verdict"] == "CERTIFIED", claim["reason"]
     assert not claim["violations"] and not result.errors
+
+
+def test_lv_applies_to_declared_value_rank_methods_and_a_false_declaration_is_caught(monkeypatch):
+    """LoRA on v and peft-lora on v declare update_class 'value-rank' (conformance checks it, the
+    card lists LV as applying); a method that declares it falsely fails the rule, and searched as
+    LV's falsifier its exact model is refused: that method's ERROR naming the rule, never REFUTED."""
+    from pathlib import Path
+
+    from peftaudit.audit import run_audit
+    from peftaudit.card.battery import impossibilities
+    from peftaudit.conformance import check_rule
+    from peftaudit.models.methods import get_method
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    rule = "a declared update class holds"
+    assert check_rule(rule, "lora").ok and not check_rule(rule, "lora").skipped
+    assert check_rule(rule, "peft-lora").ok
+    false = check_rule(rule, "user_methods:FalseValueRank")
+    assert not false.ok and "Wq" in false.detail
+    lv = {x["claim"]: x for x in impossibilities(get_method("lora"))}["LV"]
+    assert lv["applies"] and not {x["claim"]: x for x in impossibilities(get_method("peft-ia3"))}["LV"]["applies"]
+    result = run_audit(["LV"], methods=["lora", "user_methods:FalseValueRank"], calibration=False, cards=False,
+                       progress=False, quiet=True, instances=3)
+    claim = result.report["claims"][0]
+    assert claim["verdict"] != "REFUTED" and not claim["counterexamples"]
+    assert "user_methods:FalseValueRank@1" in claim["search"]  # searched as LV's falsifier by its declaration
+    errors = claim["method_errors"].get("user_methods:FalseValueRank@1", "")
+    solved = any(r["solved"] for r in claim["search"]["user_methods:FalseValueRank@1"])
+    assert (not solved) or "a declared update class holds" in errors
+    # the refusal itself, on any adapter of the liar: the exact model touches W_q
+    import torch
+
+    from peftaudit.models.methods.module_method import MethodContractError
+    from peftaudit.search.engine import exact_model
+
+    liar, inst = get_method("user_methods:FalseValueRank"), lv_instance(np.random.default_rng(0), 4, 5)
+    adapter = {k: v[0].numpy() for k, v in liar.init(inst.spec, 1, 1, torch.Generator().manual_seed(0)).items()}
+    with pytest.raises(MethodContractError, match="a declared update class holds"):
+        exact_model(liar, inst, adapter, value_rank=1)
+    honest = get_method("lora")
+    adapter = {k: v[0].numpy() for k, v in honest.init(inst.spec, 1, 1, torch.Generator().manual_seed(0)).items()}
+    assert exact_model(honest, inst, adapter, value_rank=1) is not None

@@ -74,6 +74,22 @@ def _run(name: str, options: dict, insts, size: int, base) -> list:
     return search(insts, config, progress=False)
 
 
+LV_STATEMENT = "no update of W_v of rank <= r fits some datasets of a single layer (a certified floor per instance)"
+
+
+def _lv(method) -> dict:
+    """Whether claim LV applies: to a method that declares updates of W_v alone of rank <= its size."""
+    if ability(method, "update_class") == "value-rank":
+        return {"claim": "LV", "statement": LV_STATEMENT, "applies": True,
+                "why": "applies: the method declares that it changes W_v only, by an update of rank <= its size "
+                       "(checked by the conformance rule 'a declared update class holds'), and the certificate "
+                       "rules out every such update of rank <= r: `peftaudit certify INSTANCE --claim LV --rank r`"}
+    return {"claim": "LV", "statement": LV_STATEMENT, "applies": False,
+            "why": "does not apply: the method declares no update of W_v alone (update_class 'value-rank'); an "
+                   "update that also touches W_q, W_k, Wo or the MLP (e.g. peft-ia3's default also scales fc1) "
+                   "changes the attention or the inversion the certificate relies on"}
+
+
 def impossibilities(method) -> list[dict]:
     """Which certified impossibilities apply to the method, and why (from what it declares)."""
     kind = ability(method, "kind")
@@ -89,7 +105,7 @@ def impossibilities(method) -> list[dict]:
             out.append({"claim": claim_id, "statement": statement, "applies": False,
                         "why": "does not apply: the method changes how the frozen weights act (declared "
                                f"{kind or 'no kind'}), and the certificates assume them unchanged"})
-    return out
+    return out + [_lv(method)]
 
 
 def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict | None:

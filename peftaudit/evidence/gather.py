@@ -90,9 +90,10 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     out = {}
     for label, attempts in outcome.searches.items():
         inherited = outcome.added.get(label) == "falsifier"
+        by_prompt = any(r.method == "prompt" for r in outcome.claim.falsifiers)  # else inherited by update class
         try:
             out[label] = confirm(attempts, outcome.instances, one_per_instance=outcome.claim.kind == "can",
-                                 prompt_only=inherited)
+                                 prompt_only=inherited and by_prompt, value_rank=inherited and not by_prompt)
         except MethodContractError as exc:
             if label in outcome.added:
                 outcome.method_errors[label] = str(exc)
@@ -124,7 +125,9 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
     inherits a "cannot" claim whose falsifier is prompt tuning, and is searched as a falsifier at
     that falsifier's sizes (L2 rules out short prompts only) and under its norm bound (M's prompts
     are bounded; a method that cannot be projected onto the ball is compared instead). Any other
-    method is a comparison, reported for context. Returns (falsifiers, comparisons). With
+    method is a comparison, reported for context. Likewise a method that declares update_class
+    'value-rank' (W_v only, rank <= its size) inherits a "cannot" claim whose falsifier is LoRA on
+    W_v alone (claim LV), at that falsifier's sizes. Returns (falsifiers, comparisons). With
     `failed`, a method that cannot be constructed here (e.g. only in a worker) is recorded there
     (name -> one line) instead of raising."""
     from peftaudit.models.methods import get_method
@@ -134,6 +137,7 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
         return (), ()
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
     prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
+    value_runs = [r for r in claim.falsifiers if r.method == "lora" and r.options == {"targets": "v"}]
     falsifiers, comparisons = [], []
     for name in methods:
         if name in named:
@@ -151,6 +155,8 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
             inherits = False  # its tokens could leave the ball the claim is about
         if inherits:
             falsifiers.extend(MethodRun(name, sizes=r.sizes, norm_bound=r.norm_bound) for r in prompt_runs)
+        elif ability(method, "update_class") == "value-rank" and claim.kind == "cannot" and value_runs:
+            falsifiers.extend(MethodRun(name, sizes=r.sizes) for r in value_runs)
         else:
             comparisons.append(MethodRun(name, sizes=sizes))
     return tuple(falsifiers), tuple(comparisons)

@@ -40,9 +40,12 @@ def decide(outcome: ClaimOutcome) -> None:
         for a in attempts:
             cert = outcome.certificates.get(a.instance)
             if cert and cert["status"] == "certified" and a.max_abs_error < cert["margin"]:
+                declared = ("; its declaration (input-space, or update_class 'value-rank') is false"
+                            if any(label.startswith(a.method) and role == "falsifier"
+                                   for label, role in outcome.added.items()) else "")
                 outcome.violations.append(
                     f"instance {a.instance}: {a.method} size {a.size} reached {a.max_abs_error:.3g} below the "
-                    f"certified margin {cert['margin']:.3g}")
+                    f"certified margin {cert['margin']:.3g}{declared}")
     if outcome.errors or outcome.violations:
         outcome.verdict = "ERROR"
         outcome.reason = "; ".join(outcome.errors + outcome.violations)[:2000]

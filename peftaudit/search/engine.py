@@ -147,12 +147,15 @@ def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tu
 
 EXACT_FITS = "the declared exact model fits the instance"
 EXACT_IS_PROMPT = "an input-space method's exact model is a prompt"
+EXACT_IS_VALUE_RANK = "a declared update class holds"
 
 
-def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *, prompt_only: bool = False):
+def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *, prompt_only: bool = False,
+                value_rank: int | None = None):
     """The method's declared exact model of `adapter` on `inst`, checked before it is believed:
     an ExactAdapter whose every name and shape fits the instance's model, and (`prompt_only`, for
-    a method searched as a prompt claim's falsifier) a pure prompt. A false declaration is the
+    a method searched as a prompt claim's falsifier) a pure prompt, or (`value_rank`, for a method
+    searched as LV's falsifier by its update class) an update of W_v alone of at most that rank. A false declaration is the
     method's MethodContractError naming the rule; NoExactModel passes through."""
     from peftaudit.models.exact_shapes import adapter_mismatch, beyond_prompt, is_pure_prompt
     from peftaudit.models.interval import ExactAdapter
@@ -171,15 +174,21 @@ def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], 
         used = beyond_prompt(exact)
         raise MethodContractError(name, EXACT_IS_PROMPT, f"it declares kind 'input-space' and was searched as a prompt "
                                                         f"claim's falsifier, but its exact model uses {', '.join(used) or 'no prompt'}")
+    if value_rank is not None:
+        from peftaudit.models.exact_shapes import value_rank_problem
+        problem = value_rank_problem(exact, value_rank)
+        if problem:
+            raise MethodContractError(name, EXACT_IS_VALUE_RANK, f"{problem} (searched as claim LV's falsifier by its "
+                                                                 f"update class 'value-rank')")
     return exact
 
 
 def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *,
-                    prompt_only: bool = False) -> tuple[float, float]:
+                    prompt_only: bool = False, value_rank: int | None = None) -> tuple[float, float]:
     """An enclosure [lo, hi] of the exact model's max error over every example (interval arithmetic)."""
     from peftaudit.models.interval import max_error_enclosure
 
-    exact = exact_model(method, inst, adapter, prompt_only=prompt_only)
+    exact = exact_model(method, inst, adapter, prompt_only=prompt_only, value_rank=value_rank)
     lo = hi = 0.0
     for ex in inst.dataset:
         a, b = max_error_enclosure(inst.spec, inst.weights, ex.X, ex.Y, exact)
@@ -188,12 +197,13 @@ def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarra
 
 
 def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance], *,
-            one_per_instance: bool = False, prompt_only: bool = False) -> list[Attempt]:
+            one_per_instance: bool = False, prompt_only: bool = False, value_rank: bool = False) -> list[Attempt]:
     """Attach the exact-model enclosure to every numerically solved attempt (others unchanged). A
     method that declares no exact model (a module method without `exact`) gets none, so its
     float64 solutions never count as counterexamples or witnesses. `one_per_instance`: stop
     replaying an instance's attempts once one is confirmed (a "can" claim needs one witness).
-    `prompt_only`: the method was searched as a prompt claim's falsifier (exact_model)."""
+    `prompt_only`: the method was searched as a prompt claim's falsifier; `value_rank`: as LV's,
+    by its update class, each adapter's update then bounded by its size (exact_model)."""
     from peftaudit.models.methods.module_method import NoExactModel
 
     out, witnessed = [], set()
@@ -202,7 +212,8 @@ def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance], *,
             method = get_method(a.method, **a.options)
             try:
                 a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter,
-                                                               prompt_only=prompt_only))
+                                                               prompt_only=prompt_only,
+                                                               value_rank=a.size if value_rank else None))
             except NoExactModel:
                 pass
             if a.rigorously_solved:
