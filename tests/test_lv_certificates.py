@@ -93,13 +93,31 @@ def test_cli_generates_certifies_and_checks_lv(tmp_path, capsys):
     assert "LV: certified" in out and "LV: not-certified" in out
 
 
-def test_audit_certifies_lv_on_its_drawn_instances():
+def test_audit_certifies_lv_on_its_drawn_instances_with_a_tight_sandwich_on_planted_ones():
     from peftaudit.audit import run_audit
 
     result = run_audit(["LV"], calibration=False, progress=False, quiet=True, instances=3)
     claim = result.report["claims"][0]
     assert claim["verdict"] == "CERTIFIED", claim["reason"]
     assert not claim["violations"] and not result.errors
+    rows = claim["study"]["rows"]
+    planted = [r for r in rows if r["family"] == "planted-lv"]
+    assert planted and all(r["tight"] and r["witness_rank"] == r["certified_below"] == 2 for r in planted)
+    assert all(r["certified_below"] >= 2 for r in rows)  # the claim's rank 1 always ruled out
+    assert claim["study_table"]["rows"] and "witnessed upper" in claim["study_table"]["headers"]
+
+
+def test_the_construction_memorizes_planted_instances_exactly_at_their_rank():
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import rigorous_replay
+    from peftaudit.verify.encoders.lv import construct_update
+
+    lora = get_method("lora", targets="v")
+    for planted in (1, 2):
+        inst = lv_instance(np.random.default_rng([3, planted]), 4, 6, planted_rank=planted)
+        assert rigorous_replay(lora, inst, construct_update(inst, planted))[1] <= 1e-8
+        if planted > 1:  # one rank less: the certificate says it cannot, and the construction does not
+            assert rigorous_replay(lora, inst, construct_update(inst, planted - 1))[1] > 1e-3
 
 
 def test_lv_applies_to_declared_value_rank_methods_and_a_false_declaration_is_caught(monkeypatch):

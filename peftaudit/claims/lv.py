@@ -11,6 +11,7 @@ from peftaudit.settings import Profile
 from peftaudit.strategies.instances import lv_instance
 
 from .base import Claim, MethodRun, register_claim
+from .lv_report import rank_table
 
 RANK = 1            # the claim's rank: no update of W_v of rank <= RANK fits the drawn datasets
 PLANTED_RANK = 2    # every third instance: targets from a hidden rank-2 update (rank 1 is still certified)
@@ -29,6 +30,42 @@ def _draw(profile: Profile, seed: int):
 def _hypotheses(inst):
     from peftaudit.verify.encoders.lv import hypotheses
     return hypotheses(inst, RANK)
+
+
+def _study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
+    """Per instance, the sandwich: the largest rank the certificate rules out (every rank from 0 up,
+    each certificate checked by the independent checker) and the smallest rank at which the
+    construction memorizes, confirmed by the interval replay of the exact model."""
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import rigorous_replay
+    from peftaudit.verify.checkers import check_certificate
+    from peftaudit.verify.encoders.lv import certify_lv, construct_update
+
+    from ..evidence.outcome import SOLVED_MAX_ERROR
+
+    lora = get_method("lora", targets="v")
+    rows, violations = [], []
+    for i, inst in enumerate(instances):
+        d, N = inst.spec.d, len(inst.dataset)
+        below = 0
+        for rank in range(min(d, N)):
+            result = certify_lv(inst, rank)
+            if result.status != "certified" or not check_certificate(result.certificate).valid:
+                break
+            below = rank + 1
+        witness = None
+        for rank in range(max(1, below), min(d, N) + 1):
+            if rigorous_replay(lora, inst, construct_update(inst, rank))[1] <= SOLVED_MAX_ERROR:
+                witness = rank
+                break
+        if witness is not None and witness < below:  # a soundness conflict: the claim is ERROR
+            violations.append(f"instance {i}: the construction memorizes at rank {witness}, below the certified "
+                              f"rank {below}")
+        log(f"LV: instance {i}: no update of rank < {below} fits; construction memorizes at rank {witness}")
+        rows.append({"instance": i, "d": d, "N": N, "family": inst.meta.get("family"), "certified_below": below,
+                     "witness_rank": witness, "params_lower": 2 * d * below,
+                     "params_upper": None if witness is None else 2 * d * witness, "tight": witness == below})
+    return {"kind": "lv-sandwich", "rows": rows, "violations": violations}
 
 
 def _certify(inst, tolerance: float):
@@ -56,4 +93,6 @@ LV = register_claim(Claim(
     falsifiers=(MethodRun("lora", {"targets": "v"}, (RANK,)), MethodRun("peft-lora", {"targets": "v"}, (RANK,))),
     comparisons=(MethodRun("lora", {"targets": "v"}, (PLANTED_RANK,)), MethodRun("full", {}, (1,))),
     certify=_certify,
+    study=_study,
+    study_table=rank_table,
 ))

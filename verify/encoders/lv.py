@@ -42,13 +42,14 @@ def hypotheses(inst: Instance, rank: int = 1) -> str | None:
     return None
 
 
-def residual_matrix(inst: Instance) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(R, H) in float64: R's columns H_i - x_i - V u_i (d, N) and the preimages H_i = g^{-1}(Y_i)."""
+def residual_matrix(inst: Instance) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(R, H, U) in float64: R's columns H_i - x_i - V u_i (d, N), the preimages H_i = g^{-1}(Y_i),
+    and U's columns u_i, the frozen attention averages (d, N)."""
     w, spec = inst.weights, inst.spec
     p = "layers.0.heads.0."
     V = w[p + "Wo"] @ w[p + "Wv"] if p + "Wo" in w else w[p + "Wv"]                 # (d,d)
     mlp = MLPWeights.of_layer(spec.mlp, w)
-    cols, pre = [], []
+    cols, pre, avg = [], [], []
     for ex in inst.dataset:
         X = ex.X + (w["positional"][: len(ex.X)] if spec.positions else 0)            # (n,d)
         logits = X @ w[p + "Wk"].T @ (w[p + "Wq"] @ X[-1])                            # (n,)
@@ -56,8 +57,9 @@ def residual_matrix(inst: Instance) -> tuple[np.ndarray, list[np.ndarray]]:
         u = (a / a.sum()) @ X                                                         # (d,)
         H = invert(mlp, ex.Y[-1])                                                     # (d,)
         pre.append(H)
+        avg.append(u)
         cols.append(H - X[-1] - V @ u)
-    return np.stack(cols, axis=1), pre
+    return np.stack(cols, axis=1), pre, np.stack(avg, axis=1)
 
 
 def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERANCE) -> CertifyResult:
@@ -74,7 +76,7 @@ def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERAN
     mlp = MLPWeights.of_layer(spec.mlp, w)
     kappa = branch_lipschitz(mlp)
     E = qmat(w["positional"]) if spec.positions else None
-    R_float, preimages = residual_matrix(inst)
+    R_float, preimages, _ = residual_matrix(inst)
     columns, width2 = [], Fraction(0)
     H_cert = [qvec(H) for H in preimages]
     for ex, H in zip(inst.dataset, H_cert):
@@ -122,3 +124,17 @@ def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERAN
     return CertifyResult("LV", "certified", f"every update of W_v of rank <= {rank} keeps a last-position error >= "
                          f"{float(margin):.6g} (sigma_{rank + 1} >= {float(s - e):.3g}); checked", margin=margin,
                          certificate=cert)
+
+
+def construct_update(inst: Instance, rank: int) -> dict[str, np.ndarray]:
+    """The ceiling's construction, as a LoRA adapter on W_v of `rank`: Delta = R U^+ truncated to
+    its best rank-`rank` part (Wo^{-1} first when the head has Wo), which fits every example
+    exactly when R's rows lie in U's row space and rank(R) <= rank (planted instances). It is a
+    candidate witness only: the interval replay of the exact model decides whether it memorizes."""
+    R, _, U = residual_matrix(inst)
+    p = "layers.0.heads.0."
+    if p + "Wo" in inst.weights:
+        R = np.linalg.solve(inst.weights[p + "Wo"], R)
+    delta = R @ np.linalg.pinv(U)                                                     # (d,d)
+    P, S, Qt = np.linalg.svd(delta)
+    return {p + "Wv.B": P[:, :rank] * S[:rank], p + "Wv.A": Qt[:rank]}
