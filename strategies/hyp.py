@@ -50,7 +50,7 @@ def model_specs(d: st.SearchStrategy[int] = st.integers(2, 6), max_layers: int =
 def generic_instances(draw: st.DrawFn, specs: st.SearchStrategy[ModelSpec] | None = None,
                       max_examples: int = 3, max_tokens: int = 4) -> Instance:
     """Any model of the drawn spec with a random dataset (targets unrelated to the model)."""
-    spec = draw(specs or model_specs())
+    spec = draw(model_specs() if specs is None else specs)  # (a strategy has no truth value to test)
     rng = draw(rngs())
     weights = model_weights(rng, spec)
     E = draw(st.integers(1, max_examples))
