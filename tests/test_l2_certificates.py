@@ -119,5 +119,9 @@ def test_l2_report_carries_the_parameter_table():
     assert claim["verdict"] == "SURVIVED"  # exact claim without a robust margin: never CERTIFIED
     rows = claim["parameters"]
     assert rows and all(r["methods"]["lora [targets=v]"]["solved_params"] == 2 * r["d"] for r in rows)
+    # the upper side is witnessed: rank-1 LoRA's solutions confirmed by the interval replay of its exact model
+    assert all(r["methods"]["lora [targets=v]"]["witnessed_params"] == 2 * r["d"] for r in rows)
+    assert all(a["witnessed"] == (a["solved"] and a["witnessed"]) for v in claim["contrasts"].values()
+               for a in v["results"])
     assert all(r["methods"]["prompt"]["solved_params"] is None or r["methods"]["prompt"]["solved_params"] >= 2 * r["d"]
                for r in rows)

@@ -91,7 +91,8 @@ def method_key(method: str, options: dict) -> str:
 
 def _attempt_rows(attempts) -> list[dict]:
     return [{"instance": a.instance, "size": a.size, "params": a.params, "best_loss": finite(a.best_loss),
-             "max_abs_error": finite(a.max_abs_error), "solved": a.solved, "method": method_key(a.method, a.options)}
+             "max_abs_error": finite(a.max_abs_error), "solved": a.solved, "method": method_key(a.method, a.options),
+             "witnessed": a.rigorously_solved}
             for a in attempts]
 
 
@@ -127,6 +128,19 @@ def claim_json(o: ClaimOutcome) -> dict:
     return out
 
 
+def parameter_cell(x: dict | None, certified_lower: int | None) -> str:
+    """One method's cell of a parameter table: its witnessed upper bound (marked tight where it meets
+    the certified lower bound), a float64-only solution, or the most it tried without success."""
+    if x is None:
+        return "-"
+    if x.get("witnessed_params") is not None:
+        w = x["witnessed_params"]
+        return f"{w}" + (" (tight)" if certified_lower is not None and w == certified_lower else "")
+    if x["solved_params"] is not None:
+        return f"{x['solved_params']} (float64 only)"
+    return f"> {x['tried_params']}"
+
+
 def parameter_rows(c: dict) -> list[dict]:
     """Per instance: the certified prompt-parameter lower bound, and per method the fewest parameters
     with which search memorized (or the most it tried without success)."""
@@ -146,7 +160,9 @@ def parameter_rows(c: dict) -> list[dict]:
             if not mine:
                 continue
             solved = [r["params"] for r in mine if r["solved"]]
+            witnessed = [r["params"] for r in mine if r.get("witnessed")]
             row["methods"][method] = {"solved_params": min(solved) if solved else None,
+                                      "witnessed_params": min(witnessed) if witnessed else None,
                                       "tried_params": max(r["params"] for r in mine)}
         out.append(row)
     return out
@@ -296,18 +312,18 @@ def markdown(report: dict) -> str:
             prows = c["parameters"]
             methods = sorted({m for r in prows for m in r["methods"]})
             _, note = shown_instances(c)
-            lines += ["Parameters each method needed, per instance (certified lower bound for prompts; for the "
-                      "methods, the fewest trainable parameters with which search memorized, or '> n' when it "
-                      "never did up to n)" + (f". {note}" if note else "") + ":", "",
+            lines += ["Parameters each method needed, per instance: the certified lower bound for prompts, and for "
+                      "each method the witnessed upper bound (the fewest trainable parameters with which search "
+                      "memorized, confirmed by the interval replay of the exact model; 'float64 only' where it was "
+                      "not confirmed; '> n' when search never memorized up to n); 'tight' where a prompt's witness "
+                      "meets the certified bound" + (f". {note}" if note else "") + ":", "",
                       "| instance | d | family | prompt params needed (certified) | " + " | ".join(methods) + " |",
                       "|---|---|---|---|" + "---|" * len(methods)]
             for r in visible_rows(c, prows):
                 cells = []
-                for m in methods:
-                    x = r["methods"].get(m)
-                    cells.append("-" if x is None else str(x["solved_params"]) if x["solved_params"] is not None
-                                 else f"> {x['tried_params']}")
                 need = r["certified_prompt_params"]
+                for m in methods:
+                    cells.append(parameter_cell(r["methods"].get(m), need if m == "prompt" else None))
                 lines.append(f"| {r['instance']} | {r['d']} | {r['family']} | {'>= ' + str(need) if need else '-'} | "
                              + " | ".join(cells) + " |")
             lines.append("")
@@ -402,7 +418,7 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
-    env.globals.update(study_table=study_table, shown_instances=shown_instances, capped=capped,
+    env.globals.update(parameter_cell=parameter_cell, study_table=study_table, shown_instances=shown_instances, capped=capped,
                        visible_rows=visible_rows)
     return env.get_template("report.html.j2").render(report=report, images=images)
 

@@ -106,6 +106,20 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     return out
 
 
+def _witnessed(runs: dict[str, list[Attempt]], outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
+    """Contrast or comparison runs with each float64 solution's exact-model enclosure, for a
+    parameter table's witnessed upper bound; a method whose exact model cannot be enclosed keeps
+    its float64 figures (never a witness)."""
+    out = {}
+    for label, attempts in runs.items():
+        try:
+            out[label] = confirm(attempts, outcome.instances, one_per_instance=False)
+        except PLUGIN_FAILURES as exc:  # a declared exact model that does not fit: that method's ERROR
+            outcome.method_errors[label] = f"its exact model failed: {one_line(exc)}"
+            out[label] = attempts
+    return out
+
+
 def not_applicable(claim: Claim, instances: Sequence[object] | None = None) -> str:
     """Why methods --methods adds are not run on the claim ("" when they are): a claim decided by
     its constructions alone, or one whose instances are not transformer instances (Z1's are
@@ -203,8 +217,12 @@ def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, s
                                          progress)
         outcome.searches = _confirm_runs(outcome)
         outcome.contrasts = _run_searches(keep(claim.contrasts), outcome, active, profile, base, progress)
+        if claim.parameter_table:  # the table's upper side: confirmed witnesses, not float64 solutions
+            outcome.contrasts = _witnessed(outcome.contrasts, outcome)
         outcome.comparisons = _run_searches(keep(claim.comparisons) + extra_comparisons, outcome, active, profile,
                                             base, progress)
+        if claim.parameter_table:
+            outcome.comparisons = _witnessed(outcome.comparisons, outcome)
         if claim.study is not None:
             outcome.study = claim.study(outcome.instances, outcome.certificates, profile, seed, log)
             outcome.violations.extend(outcome.study.get("violations", []))
