@@ -46,6 +46,13 @@ class UnknownNameError(InputError):
 PLUGIN_FAILURES = (Exception, SystemExit)
 
 
+def last_line(trace: str, limit: int = 200) -> str:
+    """The last line of a traceback (the exception and its message), shortened: what a terminal
+    or a report shows of a stored traceback."""
+    lines = trace.strip().splitlines()
+    return (lines[-1] if lines else "")[:limit]
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """'ExcType: first line of the message', shortened: what a reason column or a terminal shows
     of an exception (its traceback goes to a log file)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from peftaudit.limits import MAX_SEED  # a plain module of constants: cheap at every pytest start
+
 PROFILES = ("quick", "ci", "thorough")
-MAX_SEED = 2**32 - 1   # as peftaudit.limits.MAX_SEED (not imported here: the plugin loads at every pytest start)
 
 
 def _seed(config: pytest.Config) -> int:

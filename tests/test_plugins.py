@@ -100,12 +100,8 @@ def test_registry_names_guests_and_plugins_and_refuses_bad_ones():
         get_method("peft-ia3").init(simple_spec(3), 1, 2, torch.Generator())
 
 
-def test_entry_point_plugins_are_registered(tmp_path, monkeypatch):
-    dist = tmp_path / "demo_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[peftaudit.methods]\ndemo-prompt = user_methods:PromptModule\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_entry_point_plugins_are_registered(installed_entry_point, monkeypatch):
+    installed_entry_point("peftaudit.methods", "demo-prompt = user_methods:PromptModule")
     monkeypatch.setattr(registry, "_loaded", False)
     assert "demo-prompt" in method_names()
     assert get_method("demo-prompt").kind == "input-space"

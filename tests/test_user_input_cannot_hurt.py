@@ -125,14 +125,10 @@ def test_a_failed_calibration_job_is_that_jobs_error_and_the_report_is_written(t
     assert "Jobs that failed" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_a_broken_claims_entry_point_affects_only_its_own_claim(tmp_path, monkeypatch):
+def test_a_broken_claims_entry_point_affects_only_its_own_claim(installed_entry_point, monkeypatch):
     import peftaudit.claims.base as base
 
-    dist = tmp_path / "broken_claims-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-claims\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[peftaudit.claims]\nbroken-claim = no_such_module_here:claim\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    installed_entry_point("peftaudit.claims", "broken-claim = no_such_module_here:claim")
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     monkeypatch.setattr(base, "_AT_LOAD", {})
     monkeypatch.setattr(base, "_loaded", False)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from peftaudit.claims import Claim, claim_ids, expand_claims, get_claim
 from peftaudit.claims.base import loads_in_workers
-from peftaudit.errors import InputError
+from peftaudit.errors import InputError, last_line
 from peftaudit.evidence import ClaimOutcome
 from peftaudit.jobs import Job, ResultStore, plan_audit
 from peftaudit.jobs.executors import BACKENDS, check_ray_address, execute
@@ -36,11 +36,6 @@ from .report import SCHEMA_VERSION, claim_json, job_errors, provenance, write_re
 
 BUILTIN_METHODS = ("prompt", "prefix", "prefix-kv", "lora", "full")
 
-
-def last_line(trace: str) -> str:
-    """The last line of a traceback (the exception and its message), shortened."""
-    lines = trace.strip().splitlines()
-    return (lines[-1] if lines else "")[:200]
 STORE = "store"
 
 

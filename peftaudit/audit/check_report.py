@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftaudit import jsonio
-from peftaudit.errors import InputError
+from peftaudit.errors import PLUGIN_FAILURES, InputError, one_line
 
 MAX_REPORT_BYTES = 256 * 1024 * 1024
 
@@ -99,8 +99,8 @@ def _replay(folder: Path, w: dict, drawn: list, tolerance: float) -> str | None:
     try:
         name, options, _, tensors = load_adapter(_inside(folder, w["adapter_file"]), drawn[i])
         lo, hi = rigorous_replay(get_method(name, **options), drawn[i], tensors)
-    except Exception as exc:  # noqa: BLE001 - a report's file is input: any failure is that file's
-        return f"witness {w.get('adapter_file')}: {type(exc).__name__}: {str(exc)[:200]}"
+    except PLUGIN_FAILURES as exc:  # a report's file is input: any failure (sys.exit too) is that file's
+        return f"witness {w.get('adapter_file')}: {one_line(exc)}"
     if hi > tolerance:
         return f"witness {w['adapter_file']}: the exact model's max error is only known <= {hi:.3g} (tolerance {tolerance:g})"
     return None

@@ -21,10 +21,10 @@ from importlib import metadata
 from pathlib import Path
 from statistics import median
 
-from peftaudit.errors import PeftauditError
+from peftaudit.errors import PeftauditError, last_line
 from peftaudit.instance import save as save_instance
 
-from peftaudit.evidence.outcome import ClaimOutcome, finite, log_name
+from peftaudit.evidence.outcome import ClaimOutcome, file_stem, finite, log_name
 
 SCHEMA_VERSION = "peftaudit.report/1"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -50,13 +50,8 @@ def provenance(seed: int, profile: str, device: str, argv: list[str]) -> dict:
 def job_errors(failed: dict[str, str]) -> list[dict]:
     """Failed calibration and card jobs as the report lists them: one line each, the traceback in
     a log file of the report (written by write_report from "traceback")."""
-    import re
-    out = []
-    for key, trace in failed.items():
-        lines = trace.strip().splitlines()
-        out.append({"job": key, "error": (lines[-1] if lines else "failed")[:200],
-                    "log": f"logs/job-{re.sub(r'[^A-Za-z0-9_.+-]', '_', key)}.log", "traceback": trace})
-    return out
+    return [{"job": key, "error": last_line(trace) or "failed", "log": f"logs/job-{file_stem(key)}.log",
+             "traceback": trace} for key, trace in failed.items()]
 
 
 STORE_KEYS = ("certificate", "certificate_stored", "certificate_sha256")  # where a certificate is, not data
@@ -359,8 +354,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"- counterexample witness on instance {w['instance']}, checked exactly: `{w['check']}`")
             lines += [f"- {more}"] if more else []
         for label, trace in c.get("method_errors", {}).items():
-            last = trace.strip().splitlines()[-1] if trace.strip() else ""
-            lines.append(f"- method {label}: **ERROR** — {last} (traceback in report.json)")
+            lines.append(f"- method {label}: **ERROR** — {last_line(trace)} (traceback in report.json)")
         for method, why in c.get("not_applicable", {}).items():
             lines.append(f"- not applicable to {method}: {why}")
         reasons: dict[str, int] = {}

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from peftaudit.errors import InputError, PeftauditError, Terminated
+from peftaudit.errors import InputError, PeftauditError, Terminated, one_line
 
 from . import audit, card, certify, exits, generate, search
 
@@ -46,8 +46,7 @@ def _internal_error(command: str, exc: BaseException) -> int:
         where = f"traceback in {log}"
     except OSError:
         where = "no log could be written"
-    message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    print(f"peftaudit {command}: internal error: {type(exc).__name__}: {message} ({where})", file=sys.stderr)
+    print(f"peftaudit {command}: internal error: {one_line(exc)} ({where})", file=sys.stderr)
     return exits.INTERNAL
 
 

@@ -18,7 +18,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     from peftaudit.evidence import search_config
     from peftaudit.log import log_stderr
     from peftaudit.models.methods import get_method
-    from peftaudit.search.problems import resolve_device
+    from peftaudit.search.problems import resolve_device, torch_threads
     from peftaudit.settings import get_profile
 
     options = method_options(args)
@@ -29,15 +29,9 @@ def cmd_card(args: argparse.Namespace) -> int:
     base = search_config(prof, args.seed, str(resolve_device(args.device)))
     log = (lambda s: None) if args.json else log_stderr
     families = names(args.families, "--families") if args.families is not None else None
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as an audit's jobs run by default: the audit's card of the method is this card
-    try:
+    with torch_threads(1):  # as an audit's jobs run by default: the audit's card of the method is this card
         card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count,
                            families=families, log=log)
-    finally:
-        torch.set_num_threads(before)
     folder = write_card(card, out, force=args.force)
     if args.json:
         print(json.dumps(card))

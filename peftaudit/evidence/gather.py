@@ -88,9 +88,9 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     from peftaudit.models.methods.module_method import MethodContractError
 
     out = {}
+    by_prompt = any(r.method == "prompt" for r in outcome.claim.falsifiers)  # else inherited by update class
     for label, attempts in outcome.searches.items():
         inherited = outcome.added.get(label) == "falsifier"
-        by_prompt = any(r.method == "prompt" for r in outcome.claim.falsifiers)  # else inherited by update class
         try:
             out[label] = confirm(attempts, outcome.instances, one_per_instance=outcome.claim.kind == "can",
                                  prompt_only=inherited and by_prompt, value_rank=inherited and not by_prompt)

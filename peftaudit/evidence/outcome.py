@@ -7,6 +7,7 @@ it (this process, a pool worker, Ray, a store read back by --resume) and is merg
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -81,10 +82,14 @@ def shape(inst) -> dict:
     return {"d": inst.spec.d, "family": inst.meta.get("family")}
 
 
+def file_stem(name: str) -> str:
+    """A claim id or job key as a file name in a report's logs/ (other characters become '_')."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
 def log_name(claim_id: str) -> str:
     """The report's file for a claim's tracebacks (relative to the report folder)."""
-    import re
-    return f"logs/{re.sub(r'[^A-Za-z0-9_.+-]', '_', claim_id)}.log"
+    return f"logs/{file_stem(claim_id)}.log"
 
 
 def finite(x: float | None) -> float | None:

@@ -36,13 +36,12 @@ def decide(outcome: ClaimOutcome) -> None:
         searched_by_user = [k for k in outcome.method_errors if outcome.added.get(k) == "falsifier"]
         if searched_by_user:  # an inherited claim's falsifier is broken: its search evidence is missing
             outcome.errors.append(f"falsifier(s) {searched_by_user} failed (see method_errors)")
-    for attempts in outcome.searches.values():
+    for label, attempts in outcome.searches.items():
+        inherited = outcome.added.get(label) == "falsifier"  # searched because of what it declared
         for a in attempts:
             cert = outcome.certificates.get(a.instance)
             if cert and cert["status"] == "certified" and a.max_abs_error < cert["margin"]:
-                declared = ("; its declaration (input-space, or update_class 'value-rank') is false"
-                            if any(label.startswith(a.method) and role == "falsifier"
-                                   for label, role in outcome.added.items()) else "")
+                declared = "; its declaration (input-space, or update_class 'value-rank') is false" if inherited else ""
                 outcome.violations.append(
                     f"instance {a.instance}: {a.method} size {a.size} reached {a.max_abs_error:.3g} below the "
                     f"certified margin {cert['margin']:.3g}{declared}")

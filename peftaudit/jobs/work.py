@@ -16,15 +16,11 @@ def run_job(plan_doc: dict, job_doc: dict, progress: bool = False, log=None, cla
     """The result of one job as JSON-ready data. A claim job's exceptions become the claim's errors
     (audit_chunk records them); a calibration's or a card's become {"error": traceback}. Claims
     come from `claims` (id -> Claim, inline runs) or are loaded by id."""
-    import torch
+    from peftaudit.search.problems import torch_threads
 
     plan = AuditPlan.from_json(plan_doc)
-    before = torch.get_num_threads()
-    torch.set_num_threads(plan.threads)  # the plan's, whatever this worker's default: same floats
-    try:
+    with torch_threads(plan.threads):  # the plan's, whatever this worker's default: same floats
         return _run(plan, Job.from_json(job_doc), progress, log or (lambda s: None), claims)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(plan: AuditPlan, job: Job, progress: bool, log, claims: dict | None) -> dict:

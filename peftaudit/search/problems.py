@@ -6,8 +6,9 @@ restarts for one method and one size (prompt length or rank).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +44,18 @@ def stacked(instances: Sequence[Instance], rows: Sequence[int], device: torch.de
     X = torch.as_tensor(np.stack([instances[r].inputs() for r in rows]), dtype=dtype, device=device)
     Y = torch.as_tensor(np.stack([instances[r].targets() for r in rows]), dtype=dtype, device=device)
     return weights, X, Y
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n for the body (float results of large products can depend on
+    it), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(device: str) -> torch.device:

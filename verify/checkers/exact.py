@@ -148,6 +148,12 @@ def softmax_box(logits: Vec) -> tuple[Vec, Vec]:
     return [_floor(lo / total_hi) for lo, _ in e], [_ceil(hi / total_lo) for _, hi in e]
 
 
+def head_logits(head: Any, query: Vec, visible: list[Vec]) -> Vec:
+    """The head's exact logits <Wk x, Wq query> of a query token over the visible tokens."""
+    q = matvec(head.Wq, query)
+    return [sum((a * b for a, b in zip(matvec(head.Wk, x), q)), Fraction(0)) for x in visible]
+
+
 def attention_box(V: Mat, query_logits: Vec, visible: list[Vec]) -> tuple[Vec, Vec]:
     """Bounds on V sum_j s_j x_j with s = softmax(query_logits), coordinate by coordinate."""
     s_lo, s_hi = softmax_box(query_logits)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from .exact import BeyondLimits, attention_box, exp_bounds, get, matvec, mtv, vec
+from .exact import BeyondLimits, attention_box, exp_bounds, get, head_logits, matvec, mtv, vec
 from .instance import Instance, Layer
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
@@ -169,8 +169,7 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
         a_lo = vec(get(entry, "a_lo", "data"), f"data[{idx}].a_lo", d)
         a_hi = vec(get(entry, "a_hi", "data"), f"data[{idx}].a_hi", d)
         # a_i = V X^T softmax(logits): the checker's own box must lie inside the stored one
-        query = matvec(head.Wq, x0)
-        logits = [sum((a * b for a, b in zip(matvec(head.Wk, x), query)), Fraction(0)) for x in X]
+        logits = head_logits(head, x0, X)
         try:
             lo, hi = attention_box(V, logits, X)
             if shared:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from .exact import BeyondLimits, attention_box, get, matvec, positive_definite, vec
+from .exact import BeyondLimits, attention_box, get, head_logits, positive_definite, vec
 from .instance import Instance
 from .l1 import kappa, mlp, single_layer_problem
 from .reading import MalformedCertificate, rational
@@ -54,8 +54,7 @@ def check_l2(cert: dict, inst: Instance) -> CheckResult:
         if not (0 <= p < len(X) and 0 <= row < len(Y)):
             return CheckResult(False, f"position {pos} has no target")
         visible = X if encoder else X[: p + 1]
-        query = matvec(head.Wq, X[p])
-        logits = [sum((a * b for a, b in zip(matvec(head.Wk, x), query)), Fraction(0)) for x in visible]
+        logits = head_logits(head, X[p], visible)
         c = vec(get(entry, "c", "data"), f"data[{idx}].c", d)
         a_lo = vec(get(entry, "a_lo", "data"), f"data[{idx}].a_lo", d)
         a_hi = vec(get(entry, "a_hi", "data"), f"data[{idx}].a_hi", d)

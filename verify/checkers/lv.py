@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from .exact import BeyondLimits, attention_box, get, matvec, positive_definite, vec
+from .exact import BeyondLimits, attention_box, get, head_logits, matvec, positive_definite, vec
 from .instance import Instance
 from .l1 import kappa, mlp, single_layer_problem
 from .reading import MalformedCertificate, rational
@@ -59,10 +59,8 @@ def check_lv(cert: dict, inst: Instance) -> CheckResult:
         if len(Y) != 1:
             return CheckResult(False, f"example {i} has {len(Y)} targets; LV speaks about the last position only")
         X = inst.encoded(X_raw)
-        query = matvec(head.Wq, X[-1])
-        logits = [sum((a * b for a, b in zip(matvec(head.Wk, x), query)), Fraction(0)) for x in X]
         try:
-            lo, hi = attention_box(head.V, logits, X)
+            lo, hi = attention_box(head.V, head_logits(head, X[-1], X), X)
         except BeyondLimits as exc:
             return CheckResult(False, str(exc))
         rho = max(abs(o - t) for o, t in zip(mlp(layer, h), Y[0])) / (1 - k)

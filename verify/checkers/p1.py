@@ -24,7 +24,7 @@ with the exp enclosures of exact.py) and requires two enclosures to be more than
 from __future__ import annotations
 
 from fractions import Fraction
-from .exact import attention_box, get, interval_matvec, matvec
+from .exact import attention_box, get, head_logits, interval_matvec
 from .instance import Instance, Layer
 from .reading import MalformedCertificate, binary64, rational
 from .result import CheckResult
@@ -101,9 +101,7 @@ def _layer_box(inst: Instance, layer: Layer, tokens, rows: range):
     for r in rows:
         lo, hi = list(tokens[r]), list(tokens[r])
         for head in layer.heads:
-            query = matvec(head.Wq, tokens[r])
-            logits = [sum((a * b for a, b in zip(matvec(head.Wk, x), query)), Fraction(0)) for x in tokens]
-            a_lo, a_hi = attention_box(head.V, logits, tokens)
+            a_lo, a_hi = attention_box(head.V, head_logits(head, tokens[r], tokens), tokens)
             lo = [x + y for x, y in zip(lo, a_lo)]
             hi = [x + y for x, y in zip(hi, a_hi)]
         h_lo, h_hi = interval_matvec(layer.W1, lo, hi)

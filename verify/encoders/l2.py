@@ -14,7 +14,7 @@ from .selfcheck import self_check
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
 from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
-from .softmax_bounds import softmax_enclosure
+from .softmax_bounds import attention_enclosure
 
 
 def _positions(inst: Instance) -> list[tuple[int, int]]:
@@ -58,11 +58,7 @@ def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyR
         if E is not None:
             X = [[a + b for a, b in zip(x, pe)] for x, pe in zip(X, E)]
         visible = X if spec.attention == "encoder" else X[: p + 1]
-        key = matvec(transpose(Wk), matvec(Wq, X[p]))
-        s_lo, s_hi = softmax_enclosure([sum((a * b for a, b in zip(x, key)), Fraction(0)) for x in visible])
-        vals = [matvec(V, x) for x in visible]
-        a_lo = [sum((min(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
-        a_hi = [sum((max(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+        a_lo, a_hi = attention_enclosure(V, matvec(transpose(Wk), matvec(Wq, X[p])), visible)
         y = inst.dataset[e].Y[p - (inst.n_tokens - inst.n_targets)]
         c = qvec(invert(mlp, y) - np.array([float(v) for v in X[p]]))
         out = evaluate_exact(mlp, [a + b for a, b in zip(X[p], c)])

@@ -12,7 +12,6 @@ definite), the enclosure error of R (Weyl), and the conversion to the layer outp
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
@@ -24,7 +23,7 @@ from .l1 import DEFAULT_TOLERANCE, CertifyResult
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
 from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
 from .selfcheck import self_check
-from .softmax_bounds import softmax_enclosure
+from .softmax_bounds import attention_enclosure
 
 
 def hypotheses(inst: Instance, rank: int = 1) -> str | None:
@@ -37,7 +36,7 @@ def hypotheses(inst: Instance, rank: int = 1) -> str | None:
         return "LV needs a residual MLP with branch bound kappa < 1 (an invertible layer output)"
     if inst.n_targets != 1:
         return "LV speaks about the last position's output: one target per example"
-    if not 0 <= rank or rank + 1 > min(spec.d, len(inst.dataset)):
+    if rank < 0 or rank + 1 > min(spec.d, len(inst.dataset)):
         return f"rank {rank} + 1 exceeds min(d, N) = {min(spec.d, len(inst.dataset))}: every such update may fit"
     return None
 
@@ -83,11 +82,7 @@ def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERAN
         X = qmat(ex.X)
         if E is not None:
             X = [[a + b for a, b in zip(x, pe)] for x, pe in zip(X, E)]
-        key = matvec(transpose(Wk), matvec(Wq, X[-1]))
-        s_lo, s_hi = softmax_enclosure([sum((a * b for a, b in zip(x, key)), Fraction(0)) for x in X])
-        vals = [matvec(V, x) for x in X]
-        lo = [sum((min(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
-        hi = [sum((max(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+        lo, hi = attention_enclosure(V, matvec(transpose(Wk), matvec(Wq, X[-1])), X)
         out = evaluate_exact(mlp, H)
         rho = max(abs(o - t) for o, t in zip(out, qvec(ex.Y[-1]))) / (1 - kappa)
         columns.append([h - x - (a + b) / 2 for h, x, a, b in zip(H, X[-1], lo, hi)])

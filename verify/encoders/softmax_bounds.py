@@ -61,6 +61,18 @@ def softmax_enclosure(logits: Sequence[Fraction]) -> tuple[Vec, Vec]:
     return lo, hi
 
 
+def attention_enclosure(V: Sequence[Sequence[Fraction]], key: Sequence[Fraction],
+                        visible: Sequence[Sequence[Fraction]]) -> tuple[Vec, Vec]:
+    """Coordinate bounds on V sum_j s_j x_j with s = softmax(<x_j, key>) over the visible tokens
+    (key = Wk^T Wq x_query), exactly enclosed."""
+    s_lo, s_hi = softmax_enclosure([sum((a * b for a, b in zip(x, key)), Fraction(0)) for x in visible])
+    vals = [[sum((a * b for a, b in zip(row, x)), Fraction(0)) for row in V] for x in visible]
+    d = len(V)
+    lo = [sum((min(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+    hi = [sum((max(l * v[k], h * v[k]) for l, h, v in zip(s_lo, s_hi, vals)), Fraction(0)) for k in range(d)]
+    return lo, hi
+
+
 def sum_exp_enclosure(logits: Sequence[Fraction], shift: Fraction) -> tuple[Fraction, Fraction]:
     """Bounds on sum_j exp(l_j - shift)."""
     lo, hi = Fraction(0), Fraction(0)
