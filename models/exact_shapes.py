@@ -169,3 +169,25 @@ def value_rank_problem(exact, size: int) -> str | None:
             return f"it declares rank <= {size}, its update of {weight} has rank {rank}"
     return None
 
+
+
+def value_scale_problem(exact, size: int = 1) -> str | None:
+    """Why the exact model is not a scaling of the rows of W_v alone, diag(l) W_v (the update
+    class 'value-scale' a method may declare, IA3 on v, for claim LV-scale), or None."""
+    others = ["prompt"] if exact.prompt is not None else []
+    others += [f"{field} of {w}" for field in ("prefix", "row_norm", "col_scale", "low_rank", "delta", "kron")
+               for w in getattr(exact, field)]
+    others += sorted(f"row_scale of {w}" for w in exact.row_scale if not w.endswith(".Wv"))
+    if others:
+        return f"it declares row scalings of W_v only, its exact model also changes {', '.join(others[:4])}"
+    return None
+
+
+UPDATE_CLASSES = {"value-rank": value_rank_problem, "value-scale": value_scale_problem}
+
+
+def update_class_problem(exact, declared: str, size: int) -> str | None:
+    """Why the exact model breaks the update class the method declared (see UPDATE_CLASSES), or None."""
+    if declared not in UPDATE_CLASSES:
+        return f"it declares update_class {declared!r}, which is none of {', '.join(map(repr, UPDATE_CLASSES))}"
+    return UPDATE_CLASSES[declared](exact, size)

@@ -247,21 +247,22 @@ def rule_exact(s: Subject) -> str:
 
 
 def rule_update_class(s: Subject) -> str:
-    """A method declaring update_class 'value-rank' (LV applies to it): on random adapters its
-    exact model changes the value maps W_v only, each by an update of rank <= its size."""
+    """A method declaring an update class (LV applies to 'value-rank', LV-scale to 'value-scale'):
+    on random adapters its exact model is an update of that class at its size (only W_v changes,
+    by rank <= size, or by a scaling of its rows)."""
     from peftaudit.search.engine import exact_model
 
     declared = ability(s.method, "update_class")
-    if declared != "value-rank":
-        raise NotApplicable("no update class declared: claim LV does not apply to the method")
-    from peftaudit.models.exact_shapes import value_rank_problem
+    if not declared:
+        raise NotApplicable("no update class declared: claims LV and LV-scale do not apply to the method")
+    from peftaudit.models.exact_shapes import update_class_problem
 
     for inst in s.instances:
         for seed in (5, 6):
             adapter = {k: v[0].numpy() for k, v in _init(s, inst, 1, seed).items()}
-            problem = value_rank_problem(exact_model(s.method, inst, adapter), s.size)
+            problem = update_class_problem(exact_model(s.method, inst, adapter), str(declared), s.size)
             assert problem is None, problem
-    return f"only W_v changes, by updates of rank <= {s.size}, on random adapters"
+    return f"its exact model is of its declared class {declared!r} on random adapters (size {s.size})"
 
 
 def torch_func_jacobian(method, spec, W: dict, trainable: dict, X: torch.Tensor, keep: int | None) -> torch.Tensor:

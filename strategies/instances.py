@@ -202,27 +202,33 @@ def l2_lora_instance(rng: np.random.Generator, d: int, positions: int, *, attent
 
 
 def lv_instance(rng: np.random.Generator, d: int, examples: int, *, planted_rank: int | None = None,
-                attention: str = "encoder", kappa: float = 0.5) -> Instance:
+                planted_scale: bool = False, attention: str = "encoder", kappa: float = 0.5) -> Instance:
     """Claim LV: `examples` inputs of two tokens with one last-token target each. Targets are
     random (generic: the residual matrix R has rank min(d, N), so every rank below it is
     certifiable), or with `planted_rank` r they come from the model with W_v + Delta, Delta a
     hidden rank-r update: then a rank-r update of W_v memorizes them, and no rank >= r may ever be
-    certified."""
+    certified. With `planted_scale` they come from W_v's rows scaled by hidden factors
+    (diag(l) W_v, IA3 on v): claim LV-scale must then never be certified."""
     spec = simple_spec(d, attention=attention)  # type: ignore[arg-type]
     weights = model_weights(rng, spec, kappa=kappa)
     adapted = dict(weights)
     if planted_rank is not None:
         B, A = rng.normal(size=(d, planted_rank)), rng.normal(size=(planted_rank, d)) / np.sqrt(d)
         adapted["layers.0.heads.0.Wv"] = weights["layers.0.heads.0.Wv"] + B @ A
+    if planted_scale:
+        scale = 1 + 0.5 * rng.normal(size=d)
+        adapted["layers.0.heads.0.Wv"] = scale[:, None] * weights["layers.0.heads.0.Wv"]
+    planted = planted_rank is not None or planted_scale
     data = []
     for _ in range(examples):
         X = rng.normal(size=(2, d))
-        if planted_rank is None:
+        if not planted:
             y = _mlp(weights, X[-1] + _last_token_attention(weights, X) + rng.normal(size=d))
         else:
             y = _mlp(adapted, X[-1] + _last_token_attention(adapted, X))
         data.append((X, y[None, :]))
-    meta = {"family": "lv" if planted_rank is None else "planted-lv", "N": examples}
+    meta = {"family": "planted-lv-scale" if planted_scale else "lv" if planted_rank is None else "planted-lv",
+            "N": examples}
     if planted_rank is not None:
         meta["planted_rank"] = planted_rank
     return make_instance(spec, weights, data, meta=meta)

@@ -1,4 +1,4 @@
-"""PEFT methods: soft prompt, prefix (two styles), LoRA and full fine-tuning."""
+"""PEFT methods: soft prompt, prefix (two styles), LoRA, IA3 and full fine-tuning."""
 
 from .base import Method, get_method, method_names, register_method, registered_method, unregister_method
 

@@ -21,8 +21,10 @@ ABILITIES = {a.name: a for a in (
                         "prompt claims as their falsifier, and must declare a pure prompt as its exact model); "
                         "'weight-space': it changes how the frozen weights act; '': undeclared"),
     Ability("update_class", "", "'value-rank': it changes W_v only, by an update of rank <= its size (LoRA on v, "
-                                "VeRA on W_v): claim LV applies to it (it is searched as LV's falsifier, and a "
-                                "conformance rule checks the declaration on random adapters); '': undeclared"),
+                                "VeRA on W_v): claim LV applies to it; 'value-scale': it only scales the rows of W_v, "
+                                "diag(l) W_v (IA3 on v): claim LV-scale applies to it. Such a method is searched as "
+                                "the claim's falsifier, and a conformance rule checks the declaration on random "
+                                "adapters; '': undeclared"),
     Ability("projectable", False, "True when project(trainable, bound) keeps its tokens in a norm ball (claim M "
                                   "searches it under the ball only then)"),
     Ability("sized", True, "False for a method with one size (full fine-tuning, IA3): it runs at size 1 only"),

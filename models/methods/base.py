@@ -70,7 +70,7 @@ def _load_builtin() -> None:
     """The built-in methods, then every entry point of the group peftaudit.methods (loaded only
     when constructed, so a broken plugin does not hide the others)."""
     global _loaded
-    from . import full, lora, peft_guests, prefix, prompt  # noqa: F401  (registration side effect)
+    from . import full, ia3, lora, peft_guests, prefix, prompt  # noqa: F401  (registration side effect)
     if _loaded:
         return
     _loaded = True

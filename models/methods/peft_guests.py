@@ -65,11 +65,11 @@ def _linears(adapter: Mapping[str, np.ndarray], marker: str) -> dict[str, str]:
 
 class _PeftGuest(ModuleMethod):
     default_targets = "v"
-    low_rank_update = False  # a rank-r update of each target (peft-lora): on v alone, LV applies
+    class_on_v = ""  # its update class on W_v alone: 'value-rank' (peft-lora, LV), 'value-scale' (peft-ia3)
 
     @property
     def update_class(self) -> str:
-        return "value-rank" if self.low_rank_update and self.targets == ("v",) else ""
+        return self.class_on_v if self.targets == ("v",) else ""
 
     def __init__(self, targets: str | tuple[str, ...] | None = None, alpha: float | None = None):
         self.peft = import_peft()
@@ -104,7 +104,7 @@ class _PeftGuest(ModuleMethod):
 class PeftLoRA(_PeftGuest):
     name = "peft-lora"
     identity = True  # peft starts B at zero
-    low_rank_update = True
+    class_on_v = "value-rank"
 
     def transform(self, module: TransformerModule, size: int) -> nn.Module:
         return self._lora(module, size, dora=False)
@@ -133,6 +133,7 @@ class PeftIA3(_PeftGuest):
     sized = False
     identity = True  # peft starts every scale at one
     default_targets = "v,1"
+    class_on_v = "value-scale"
 
     def __init__(self, targets: str | tuple[str, ...] | None = None):
         super().__init__(targets)

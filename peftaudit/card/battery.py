@@ -74,20 +74,59 @@ def _run(name: str, options: dict, insts, size: int, base) -> list:
     return search(insts, config, progress=False)
 
 
-LV_STATEMENT = "no update of W_v of rank <= r fits some datasets of a single layer (a certified floor per instance)"
+UPDATE_CLASS_CLAIMS = {  # a declared update class -> the certified impossibility that applies to it
+    "value-rank": ("LV", "no update of W_v of rank <= r fits some datasets of a single layer (a certified floor "
+                         "per instance)", "it changes W_v only, by an update of rank <= its size", "--rank 1"),
+    "value-scale": ("LV-scale", "no scaling of W_v's rows fits some datasets of a single layer (a certified floor "
+                                "per instance)", "it only scales the rows of W_v (diag(l) W_v)", ""),
+}
 
 
-def _lv(method) -> dict:
-    """Whether claim LV applies: to a method that declares updates of W_v alone of rank <= its size."""
-    if ability(method, "update_class") == "value-rank":
-        return {"claim": "LV", "statement": LV_STATEMENT, "applies": True,
-                "why": "applies: the method declares that it changes W_v only, by an update of rank <= its size "
-                       "(checked by the conformance rule 'a declared update class holds'), and the certificate "
-                       "rules out every such update of rank <= r: `peftaudit certify INSTANCE --claim LV --rank r`"}
-    return {"claim": "LV", "statement": LV_STATEMENT, "applies": False,
-            "why": "does not apply: the method declares no update of W_v alone (update_class 'value-rank'); an "
-                   "update that also touches W_q, W_k, Wo or the MLP (e.g. peft-ia3's default also scales fc1) "
-                   "changes the attention or the inversion the certificate relies on"}
+def _update_classes(method) -> list[dict]:
+    """Whether LV and LV-scale apply: to a method that declares the matching update class."""
+    declared = ability(method, "update_class")
+    out = []
+    for cls, (claim_id, statement, meaning, flags) in UPDATE_CLASS_CLAIMS.items():
+        if declared == cls:
+            why = (f"applies: the method declares that {meaning} (update_class {cls!r}, checked by the conformance "
+                   f"rule 'a declared update class holds'), and the certificate rules out every such update: "
+                   f"`peftaudit certify INSTANCE --claim {claim_id}{' ' + flags if flags else ''}`")
+        elif declared:
+            why = (f"does not apply: the method declares update_class {declared!r}, not {cls!r} ({meaning}), so "
+                   f"the certificate says nothing about its updates")
+        else:
+            why = (f"does not apply: the method does not declare that {meaning} (update_class {cls!r}); an update "
+                   "that also touches W_q, W_k, Wo or the MLP (e.g. peft-ia3's default also scales fc1) changes "
+                   "the attention or the inversion the certificate relies on")
+        out.append({"claim": claim_id, "statement": statement, "applies": declared == cls, "why": why})
+    return out
+
+
+def class_certificate(name: str, options: dict, method, d: int, seed: int, base) -> dict | None:
+    """For a method whose declared update class makes LV (or LV-scale) apply: a certificate on one
+    drawn instance at the card's width, and the method's own search at size 1 on it; a result
+    below the checked margin means its declaration is false."""
+    declared = ability(method, "update_class")
+    if declared not in UPDATE_CLASS_CLAIMS:
+        return None
+    import numpy as np
+
+    from peftaudit.evidence.outcome import TOLERANCE
+    from peftaudit.strategies.instances import lv_instance
+    from peftaudit.verify.encoders.lv import certify_lv
+    from peftaudit.verify.encoders.lv_scale import certify_lv_scale
+
+    claim_id = UPDATE_CLASS_CLAIMS[str(declared)][0]
+    inst = lv_instance(np.random.default_rng([seed, 29]), d, d + 1)
+    result = certify_lv(inst, 1, TOLERANCE) if claim_id == "LV" else certify_lv_scale(inst, TOLERANCE)
+    out = {"claim": claim_id, "d": d, "N": d + 1, "status": result.status, "reason": result.reason}
+    if result.status != "certified":
+        return out
+    best = min(a.max_abs_error for a in _run(name, options, [inst], 1, base))
+    file = f"{claim_id}-certificate.json"
+    return {**out, "margin": float(result.margin), "certificate_file": file, "certificate": result.certificate,
+            "check": f"peftaudit check-certificate {file}", "method_size": 1, "method_best_error": best,
+            "below_margin": best < float(result.margin)}
 
 
 def impossibilities(method) -> list[dict]:
@@ -105,7 +144,7 @@ def impossibilities(method) -> list[dict]:
             out.append({"claim": claim_id, "statement": statement, "applies": False,
                         "why": "does not apply: the method changes how the frozen weights act (declared "
                                f"{kind or 'no kind'}), and the certificates assume them unchanged"})
-    return out + [_lv(method)]
+    return out + _update_classes(method)
 
 
 def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict | None:
@@ -190,11 +229,16 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
                                  "prompt can: its declaration as input-space is false")
     try:
         declaration = declaration_check(name, options, subject, draw_family("planted-prompt", 1, d, seed)[0], base)
+        by_class = class_certificate(name, options, subject, d, seed, base)
     except PLUGIN_FAILURES:  # the method failed while its declaration was checked: its ERROR
-        declaration, errors[name] = None, errors.get(name) or traceback.format_exc(limit=8)
+        declaration, by_class, errors[name] = None, None, errors.get(name) or traceback.format_exc(limit=8)
+    if by_class and by_class.get("below_margin"):
+        conflicts.append(f"{name} reached {by_class['method_best_error']:.3g} on the card's {by_class['claim']} "
+                         f"instance, below its checked margin {by_class['margin']:.3g}: its declared update class "
+                         "is false")
     return {"schema": CARD_SCHEMA, "method": name, "options": dict(options), "kind": ability(subject, "kind"), "d": d,
             "instances_per_family": count, "profile": profile.name, "seed": seed, "budgets": budgets,
             "families": {k: FAMILIES[k].description for k in chosen}, "rows": rows, "capacity": capacity,
             "impossibilities": impossibilities(subject),
-            "declaration": declaration,
+            "declaration": declaration, "class_certificate": by_class,
             "conflicts": conflicts, "errors": errors}

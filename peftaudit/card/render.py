@@ -85,6 +85,8 @@ def markdown(card: dict) -> str:
     if card["declaration"]:
         dec = card["declaration"]
         lines += ["", f"Declaration check ({'confirmed' if dec['confirmed'] else 'FLAGGED'}): {dec['detail']}."]
+    if card.get("class_certificate"):
+        lines += ["", class_certificate_line(card["class_certificate"])]
     lines += ["", "## Best replayed loss by family and budget", "",
               "| family | method | size | params | median best loss | best max error | solved |",
               "|---|---|---|---|---|---|---|"]
@@ -99,11 +101,22 @@ def markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def class_certificate_line(x: dict) -> str:
+    """One sentence: the certificate the method's update class brings, and its search against it."""
+    where = f"{x['claim']} on the card's instance (d = {x['d']}, N = {x['N']})"
+    if x["status"] != "certified":
+        return f"{where}: {x['status']} ({x['reason']}); nothing to compare."
+    verdict = "BELOW the margin: the declaration is false" if x["below_margin"] else "above the margin, as it must be"
+    return (f"{where}: certified margin {x['margin']:.4g} (certificate `{x['certificate_file']}`, re-check: "
+            f"`{x['check']}`); the method's best search result at size {x['method_size']}: max error "
+            f"{x['method_best_error']:.4g}, {verdict}.")
+
+
 def html(card: dict, figs: dict[str, bytes]) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
     env = Environment(loader=PackageLoader("peftaudit.card", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
-    return env.get_template("card.html.j2").render(card=card, images=images)
+    return env.get_template("card.html.j2").render(card=card, images=images, class_certificate_line=class_certificate_line)
 
 
 def write_files(card: dict, folder: Path) -> None:
@@ -113,6 +126,10 @@ def write_files(card: dict, folder: Path) -> None:
     (folder / "figures").mkdir(exist_ok=True)
     for name, data in figs.items():
         (folder / "figures" / name).write_bytes(data)
+    by_class = card.get("class_certificate") or {}
+    if by_class.get("certificate"):  # beside the card, so `peftaudit check-certificate FILE` re-checks it
+        (folder / by_class["certificate_file"]).write_text(json.dumps(by_class["certificate"]) + "\n")
+        card = {**card, "class_certificate": {k: v for k, v in by_class.items() if k != "certificate"}}
     (folder / "card.json").write_text(json.dumps(card, indent=1))
     (folder / "card.md").write_text(markdown(card))
     (folder / "card.html").write_text(html(card, figs))

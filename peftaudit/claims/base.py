@@ -100,9 +100,9 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import l1, l2, lv, m, p1, u, z1  # noqa: F401  (built-in claims)
+    from . import l1, l2, lv, lv_scale, m, p1, u, z1  # noqa: F401  (built-in claims)
     # built-in claims first, in module order, whichever module a caller imported first
-    order = [f"{__package__}.{name}" for name in ("l1", "l2", "lv", "m", "p1", "u", "z1")]
+    order = [f"{__package__}.{name}" for name in ("l1", "l2", "lv", "lv_scale", "m", "p1", "u", "z1")]
     rank = {cid: (order.index(c.draw.__module__) if c.draw.__module__ in order else len(order), i)
             for i, (cid, c) in enumerate(_REGISTRY.items())}
     reordered = sorted(_REGISTRY.items(), key=lambda item: rank[item[0]])

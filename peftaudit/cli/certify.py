@@ -31,6 +31,10 @@ def _certify_u(inst):
     return replace(result, margin=checked.margin, reason=checked.reason)
 
 
+BEST_ERROR = {"LV": "sigma_(r+1) of the residual matrix (float64)",
+              "LV-scale": "the scaling problem's optimum at the states (float64)"}
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     from peftaudit import instance as instance_io
     from peftaudit.bounded import BudgetExceeded, run_bounded
@@ -50,6 +54,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if args.claim == "LV":
             from peftaudit.verify.encoders.lv import certify_lv
             return certify_lv(inst, 1 if args.rank is None else args.rank, tolerance=args.tolerance)
+        if args.claim == "LV-scale":
+            from peftaudit.verify.encoders.lv_scale import certify_lv_scale
+            return certify_lv_scale(inst, tolerance=args.tolerance)
         if args.claim == "L2":
             from peftaudit.verify.encoders.l2 import certify_l2
             return certify_l2(inst, tolerance=args.tolerance)
@@ -82,7 +89,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         if result.margin is not None:
             print(f"  margin at the layer output: {float(result.margin):.6g} (tolerance {args.tolerance:g})")
         if result.best_error is not None:
-            print(f"  {'sigma_(r+1) of the residual matrix (float64)' if result.claim == 'LV' else 'best reachable attention error of the relaxation'}: "
+            print(f"  {BEST_ERROR.get(result.claim, 'best reachable attention error of the relaxation')}: "
                   f"{result.best_error:.6g}")
         print(f"  {result.reason}")
         if args.out and result.certificate is not None:
@@ -124,10 +131,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, LV, M; "
+    p = sub.add_parser("certify", help="certify a claim on an instance (impossibility: L1, L1+, L2, LV, LV-scale, M; "
                                        "construction: U)")
     p.add_argument("instance", help="instance file (.json, .npz, .safetensors)")
-    p.add_argument("--claim", choices=["L1", "L1+", "L2", "LV", "M", "U"], default="L1")
+    p.add_argument("--claim", choices=["L1", "L1+", "L2", "LV", "LV-scale", "M", "U"], default="L1")
     p.add_argument("--rank", type=bounded(0, 1024, "a rank from 0"), default=None,
                    help="LV only: no update of W_v of rank <= RANK fits (default 1)")
     p.add_argument("--norm-bound", type=positive_float, default=None,

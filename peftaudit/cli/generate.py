@@ -10,7 +10,8 @@ from peftaudit.limits import LIMITS, MAX_SIZE
 from . import exits
 from .args import bounded, new_file, nonneg_float, positive_float, seed
 
-GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "lv", "planted-lv", "m",
+GENERATE_KINDS = ("l1", "l1-exact", "l1-parallel", "planted-prompt", "planted-lora", "l2", "lv", "planted-lv", "planted-lv-scale",
+                  "m",
                   "m-fold-mlp",
                   "m-fold-attention", "m-fold-attention-strong", "m-naive-encoder", "u")
 
@@ -28,9 +29,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         inst = builders.l1_instance(rng, args.d, variant)
     elif args.kind == "planted-prompt":
         inst = builders.planted_prompt_instance(rng, args.d, args.length)
-    elif args.kind in ("lv", "planted-lv"):
+    elif args.kind in ("lv", "planted-lv", "planted-lv-scale"):
         inst = builders.lv_instance(rng, args.d, args.d + 1 if args.examples is None else args.examples,
-                                    planted_rank=args.length if args.kind == "planted-lv" else None)
+                                    planted_rank=args.length if args.kind == "planted-lv" else None,
+                                    planted_scale=args.kind == "planted-lv-scale")
     elif args.kind == "l2":
         inst = builders.l2_instance(rng, args.d, 2)
     elif args.kind.startswith("m"):
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--length", type=bounded(1, MAX_SIZE, "a length from 1"), default=1,
                    help="planted prompt length or LoRA rank (planted-lv: the hidden update's rank)")
     p.add_argument("--examples", type=bounded(1, 4096, "a count from 1"), default=None,
-                   help="kinds lv, planted-lv: examples (default d + 1)")
+                   help="kinds lv, planted-lv, planted-lv-scale: examples (default d + 1)")
     p.add_argument("--layers", type=bounded(1, LIMITS["layers"], "a layer count from 1"), default=1, help="layers (kind m)")
     p.add_argument("--m", type=bounded(1, 16, "a token count from 1"), default=1, help="kind u: tokens per input")
     p.add_argument("--lipschitz", type=nonneg_float, default=1.0, help="kind u: Lipschitz bound L of the target")

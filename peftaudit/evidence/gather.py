@@ -85,6 +85,7 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     claim's falsifier because it declared itself input-space must declare a pure prompt as its
     exact model. A declared exact model that does not fit is that method's ERROR (its evidence is
     dropped), recorded among the claim's errors when the method is the claim's own."""
+    from peftaudit.models.methods import get_method
     from peftaudit.models.methods.module_method import MethodContractError
 
     out = {}
@@ -92,8 +93,10 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     for label, attempts in outcome.searches.items():
         inherited = outcome.added.get(label) == "falsifier"
         try:
+            declared = "" if not inherited or by_prompt or not attempts else \
+                str(ability(get_method(attempts[0].method, **attempts[0].options), "update_class"))
             out[label] = confirm(attempts, outcome.instances, one_per_instance=outcome.claim.kind == "can",
-                                 prompt_only=inherited and by_prompt, value_rank=inherited and not by_prompt)
+                                 prompt_only=inherited and by_prompt, update_class=declared)
         except MethodContractError as exc:
             if label in outcome.added:
                 outcome.method_errors[label] = str(exc)
@@ -138,10 +141,11 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
     declares itself input-space (it only prepends trainable tokens, its size being their number)
     inherits a "cannot" claim whose falsifier is prompt tuning, and is searched as a falsifier at
     that falsifier's sizes (L2 rules out short prompts only) and under its norm bound (M's prompts
-    are bounded; a method that cannot be projected onto the ball is compared instead). Any other
-    method is a comparison, reported for context. Likewise a method that declares update_class
-    'value-rank' (W_v only, rank <= its size) inherits a "cannot" claim whose falsifier is LoRA on
-    W_v alone (claim LV), at that falsifier's sizes. Returns (falsifiers, comparisons). With
+    are bounded; a method that cannot be projected onto the ball is compared instead). Likewise a
+    method that declares an update class (abilities.py: 'value-rank', W_v only by an update of rank
+    <= its size; 'value-scale', W_v's rows scaled) inherits a "cannot" claim whose falsifier
+    declares the same class (LoRA on W_v for LV, IA3 on W_v for LV-scale), at that falsifier's
+    sizes. Any other method is a comparison, reported for context. Returns (falsifiers, comparisons). With
     `failed`, a method that cannot be constructed here (e.g. only in a worker) is recorded there
     (name -> one line) instead of raising."""
     from peftaudit.models.methods import get_method
@@ -151,7 +155,7 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
         return (), ()
     named = {r.method for r in claim.falsifiers + claim.contrasts + claim.comparisons}
     prompt_runs = [r for r in claim.falsifiers if r.method == "prompt"]
-    value_runs = [r for r in claim.falsifiers if r.method == "lora" and r.options == {"targets": "v"}]
+    class_runs = {} if claim.kind != "cannot" else falsifier_classes(claim)
     falsifiers, comparisons = [], []
     for name in methods:
         if name in named:
@@ -169,11 +173,26 @@ def added_runs(claim: Claim, methods: Sequence[str], profile: Profile, failed: d
             inherits = False  # its tokens could leave the ball the claim is about
         if inherits:
             falsifiers.extend(MethodRun(name, sizes=r.sizes, norm_bound=r.norm_bound) for r in prompt_runs)
-        elif ability(method, "update_class") == "value-rank" and claim.kind == "cannot" and value_runs:
-            falsifiers.extend(MethodRun(name, sizes=r.sizes) for r in value_runs)
+        elif ability(method, "update_class") in class_runs:
+            falsifiers.extend(MethodRun(name, sizes=r.sizes) for r in class_runs[str(ability(method, "update_class"))])
         else:
             comparisons.append(MethodRun(name, sizes=sizes))
     return tuple(falsifiers), tuple(comparisons)
+
+
+def falsifier_classes(claim: Claim) -> dict[str, list[MethodRun]]:
+    """Update class -> the claim's built-in falsifier runs whose method declares it."""
+    from peftaudit.models.methods import get_method
+
+    out: dict[str, list[MethodRun]] = {}
+    for run in claim.falsifiers:
+        try:
+            declared = ability(get_method(run.method, **run.options), "update_class")
+        except PLUGIN_FAILURES:  # a falsifier that cannot be built here: its own search reports it
+            continue
+        if declared:
+            out.setdefault(str(declared), []).append(run)
+    return out
 
 
 def audit_chunk(claim: Claim, profile: Profile, seed: int, base: SearchConfig, start: int = 0,

@@ -41,7 +41,7 @@ def decide(outcome: ClaimOutcome) -> None:
         for a in attempts:
             cert = outcome.certificates.get(a.instance)
             if cert and cert["status"] == "certified" and a.max_abs_error < cert["margin"]:
-                declared = "; its declaration (input-space, or update_class 'value-rank') is false" if inherited else ""
+                declared = "; its declaration (input-space, or its update_class) is false" if inherited else ""
                 outcome.violations.append(
                     f"instance {a.instance}: {a.method} size {a.size} reached {a.max_abs_error:.3g} below the "
                     f"certified margin {cert['margin']:.3g}{declared}")

@@ -147,16 +147,17 @@ def replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray]) -> tu
 
 EXACT_FITS = "the declared exact model fits the instance"
 EXACT_IS_PROMPT = "an input-space method's exact model is a prompt"
-EXACT_IS_VALUE_RANK = "a declared update class holds"
+EXACT_IN_CLASS = "a declared update class holds"
 
 
 def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *, prompt_only: bool = False,
-                value_rank: int | None = None):
+                update_class: tuple[str, int] | None = None):
     """The method's declared exact model of `adapter` on `inst`, checked before it is believed:
     an ExactAdapter whose every name and shape fits the instance's model, and (`prompt_only`, for
-    a method searched as a prompt claim's falsifier) a pure prompt, or (`value_rank`, for a method
-    searched as LV's falsifier by its update class) an update of W_v alone of at most that rank. A false declaration is the
-    method's MethodContractError naming the rule; NoExactModel passes through."""
+    a method searched as a prompt claim's falsifier) a pure prompt, or (`update_class` = (class, size),
+    for a method searched as a claim's falsifier by the update class it declares, e.g. LV's) an update
+    of that class (models/exact_shapes.UPDATE_CLASSES). A false declaration is the method's
+    MethodContractError naming the rule; NoExactModel passes through."""
     from peftaudit.models.exact_shapes import adapter_mismatch, beyond_prompt, is_pure_prompt
     from peftaudit.models.interval import ExactAdapter
     from peftaudit.models.methods.module_method import MethodContractError, ModuleMethod
@@ -174,21 +175,21 @@ def exact_model(method: Method, inst: Instance, adapter: dict[str, np.ndarray], 
         used = beyond_prompt(exact)
         raise MethodContractError(name, EXACT_IS_PROMPT, f"it declares kind 'input-space' and was searched as a prompt "
                                                         f"claim's falsifier, but its exact model uses {', '.join(used) or 'no prompt'}")
-    if value_rank is not None:
-        from peftaudit.models.exact_shapes import value_rank_problem
-        problem = value_rank_problem(exact, value_rank)
+    if update_class is not None:
+        from peftaudit.models.exact_shapes import update_class_problem
+        problem = update_class_problem(exact, *update_class)
         if problem:
-            raise MethodContractError(name, EXACT_IS_VALUE_RANK, f"{problem} (searched as claim LV's falsifier by its "
-                                                                 f"update class 'value-rank')")
+            raise MethodContractError(name, EXACT_IN_CLASS, f"{problem} (searched as a falsifier by its update class "
+                                                            f"{update_class[0]!r})")
     return exact
 
 
 def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarray], *,
-                    prompt_only: bool = False, value_rank: int | None = None) -> tuple[float, float]:
+                    prompt_only: bool = False, update_class: tuple[str, int] | None = None) -> tuple[float, float]:
     """An enclosure [lo, hi] of the exact model's max error over every example (interval arithmetic)."""
     from peftaudit.models.interval import max_error_enclosure
 
-    exact = exact_model(method, inst, adapter, prompt_only=prompt_only, value_rank=value_rank)
+    exact = exact_model(method, inst, adapter, prompt_only=prompt_only, update_class=update_class)
     lo = hi = 0.0
     for ex in inst.dataset:
         a, b = max_error_enclosure(inst.spec, inst.weights, ex.X, ex.Y, exact)
@@ -197,13 +198,14 @@ def rigorous_replay(method: Method, inst: Instance, adapter: dict[str, np.ndarra
 
 
 def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance], *,
-            one_per_instance: bool = False, prompt_only: bool = False, value_rank: bool = False) -> list[Attempt]:
+            one_per_instance: bool = False, prompt_only: bool = False, update_class: str = "") -> list[Attempt]:
     """Attach the exact-model enclosure to every numerically solved attempt (others unchanged). A
     method that declares no exact model (a module method without `exact`) gets none, so its
     float64 solutions never count as counterexamples or witnesses. `one_per_instance`: stop
     replaying an instance's attempts once one is confirmed (a "can" claim needs one witness).
-    `prompt_only`: the method was searched as a prompt claim's falsifier; `value_rank`: as LV's,
-    by its update class, each adapter's update then bounded by its size (exact_model)."""
+    `prompt_only`: the method was searched as a prompt claim's falsifier; `update_class`: by the
+    update class it declares (e.g. 'value-rank' for LV), each adapter then checked to be of that
+    class at its size (exact_model)."""
     from peftaudit.models.methods.module_method import NoExactModel
 
     out, witnessed = [], set()
@@ -213,7 +215,8 @@ def confirm(attempts: Sequence[Attempt], instances: Sequence[Instance], *,
             try:
                 a = replace(a, exact_max_error=rigorous_replay(method, instances[a.instance], a.adapter,
                                                                prompt_only=prompt_only,
-                                                               value_rank=a.size if value_rank else None))
+                                                               update_class=(update_class, a.size) if update_class
+                                                               else None))
             except NoExactModel:
                 pass
             if a.rigorously_solved:

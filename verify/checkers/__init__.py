@@ -4,7 +4,7 @@ The rule the folder shows: nothing here imports the encoders, the models, numpy,
 mpmath (tests/test_independence.py says so). A certificate is read with the checkers' own
 number rule and caps (reading.py), its embedded instance validated as strictly as the loader
 does (instance.py), bound to it by the SHA-256 of its canonical encoding, and then checked by
-the claim's module (l1.py for L1 and L1+, l2.py, lv.py, m.py, u.py, z1.py, z1_relu.py, p1.py).
+the claim's module (l1.py for L1 and L1+, l2.py, lv.py, lv_scale.py, m.py, u.py, z1.py, z1_relu.py, p1.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .instance import parse_instance
 from .l1 import check_l1
 from .l2 import check_l2
 from .lv import check_lv
+from .lv_scale import check_lv_scale
 from .m import check_m
 from .p1 import check_p1, check_p1_encoder
 from .u import check_u
@@ -40,10 +41,12 @@ KEYS = {
     "Z1-relu": COMMON | {"rank", "B", "A", "biases", "epsilon"},
     "Z1-relu-unbounded": COMMON | {"rank", "B", "A", "biases", "point"},
     "LV": COMMON | {"rank", "H", "Q", "s", "e", "c"},
+    "LV-scale": COMMON | {"H", "coordinate", "pair"},
 }
 CHECKERS = {"L1": check_l1, "L1+": check_l1, "L2": check_l2, "M": check_m, "U": check_u, "Z1": check_z1,
             "P1": check_p1, "P1-encoder": check_p1_encoder, "Z1-relu": check_z1_relu,
-            "Z1-relu-unbounded": check_z1_relu_unbounded, "LV": check_lv}
+            "Z1-relu-unbounded": check_z1_relu_unbounded, "LV": check_lv,
+            "LV-scale": check_lv_scale}
 PARSERS = {"Z1": parse_linear, "Z1-relu": parse_relu, "Z1-relu-unbounded": parse_relu}  # not transformers
 
 __all__ = ["CERT_FORMAT", "CheckResult", "Checked", "MalformedCertificate", "check_bytes", "check_certificate",
@@ -84,6 +87,8 @@ def _subject(cert: dict) -> str:
         return f"rank {cert.get('rank')} against the threshold"
     if cert.get("claim") == "LV":
         return f"every update of W_v of rank <= {cert.get('rank')}"
+    if cert.get("claim") == "LV-scale":
+        return f"every row scaling of W_v (coordinate {cert.get('coordinate')})"
     for key in ("members", "pair", "positions"):
         if isinstance(cert.get(key), list):
             return f"{key} {shorten(json.dumps(cert[key]), 80)}"
