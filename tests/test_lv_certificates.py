@@ -156,7 +156,7 @@ def test_lv_applies_to_declared_value_rank_methods_and_a_false_declaration_is_ca
     liar, inst = get_method("user_methods:FalseValueRank"), lv_instance(np.random.default_rng(0), 4, 5)
     adapter = {k: v[0].numpy() for k, v in liar.init(inst.spec, 1, 1, torch.Generator().manual_seed(0)).items()}
     with pytest.raises(MethodContractError, match="a declared update class holds"):
-        exact_model(liar, inst, adapter, value_rank=1)
+        exact_model(liar, inst, adapter, update_class=("value-rank", 1))
     honest = get_method("lora")
     adapter = {k: v[0].numpy() for k, v in honest.init(inst.spec, 1, 1, torch.Generator().manual_seed(0)).items()}
-    assert exact_model(honest, inst, adapter, value_rank=1) is not None
+    assert exact_model(honest, inst, adapter, update_class=("value-rank", 1)) is not None

@@ -26,6 +26,8 @@ from peftaudit.instance import save as save_instance
 
 from peftaudit.evidence.outcome import ClaimOutcome, file_stem, finite, log_name
 
+from .parameters import parameter_cell, parameter_figure, parameter_markdown, parameter_methods, parameter_rows
+
 SCHEMA_VERSION = "peftaudit.report/1"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
@@ -123,46 +125,6 @@ def claim_json(o: ClaimOutcome) -> dict:
     return out
 
 
-def parameter_cell(x: dict | None, certified_lower: int | None) -> str:
-    """One method's cell of a parameter table: its witnessed upper bound (marked tight where it meets
-    the certified lower bound), a float64-only solution, or the most it tried without success."""
-    if x is None:
-        return "-"
-    if x.get("witnessed_params") is not None:
-        w = x["witnessed_params"]
-        return f"{w}" + (" (tight)" if certified_lower is not None and w == certified_lower else "")
-    if x["solved_params"] is not None:
-        return f"{x['solved_params']} (float64 only)"
-    return f"> {x['tried_params']}"
-
-
-def parameter_rows(c: dict) -> list[dict]:
-    """Per instance: the certified prompt-parameter lower bound, and per method the fewest parameters
-    with which search memorized (or the most it tried without success)."""
-    series: dict[str, list[dict]] = {}
-    for rows in [*c["search"].values(), *c.get("comparisons", {}).values(),
-                 *(v["results"] for v in c["contrasts"].values())]:
-        for r in rows:  # keyed by the method each row names, never by parsing a run's display label
-            series.setdefault(r["method"], []).append(r)
-    needed = {x["instance"]: (x.get("established") or {}).get("prompt_params_needed") for x in c["certificates"]
-              if x["status"] == "certified"}
-    out = []
-    for i, shape in enumerate(c["instance_shapes"]):
-        row = {"instance": i, "d": shape["d"], "family": shape["family"], "certified_prompt_params": needed.get(i),
-               "methods": {}}
-        for method, rows in series.items():
-            mine = [r for r in rows if r["instance"] == i]
-            if not mine:
-                continue
-            solved = [r["params"] for r in mine if r["solved"]]
-            witnessed = [r["params"] for r in mine if r.get("witnessed")]
-            row["methods"][method] = {"solved_params": min(solved) if solved else None,
-                                      "witnessed_params": min(witnessed) if witnessed else None,
-                                      "tried_params": max(r["params"] for r in mine)}
-        out.append(row)
-    return out
-
-
 # ------------------------------------------------------------------ figures
 
 def _figure_png(fig) -> bytes:
@@ -228,6 +190,7 @@ def figures(report: dict) -> dict[str, bytes]:
             ax.text(i, cal[n]["recall"] + 0.01, f"{cal[n]['solved']}/{cal[n]['total']}", ha="center", fontsize=8)
         out["calibration.png"] = _figure_png(fig)
         plt.close(fig)
+    out.update(parameter_figure(report, plt, _figure_png))
     from peftaudit.claims.u_report import universality_figures
     out.update(universality_figures(report, plt, _figure_png))
     return out
@@ -304,24 +267,8 @@ def markdown(report: dict) -> str:
                          "the outcome does not match; a search miss proves nothing, see calibration."), ""]
         lines += [f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
         if c.get("parameters"):
-            prows = c["parameters"]
-            methods = sorted({m for r in prows for m in r["methods"]})
             _, note = shown_instances(c)
-            lines += ["Parameters each method needed, per instance: the certified lower bound for prompts, and for "
-                      "each method the witnessed upper bound (the fewest trainable parameters with which search "
-                      "memorized, confirmed by the interval replay of the exact model; 'float64 only' where it was "
-                      "not confirmed; '> n' when search never memorized up to n); 'tight' where a prompt's witness "
-                      "meets the certified bound" + (f". {note}" if note else "") + ":", "",
-                      "| instance | d | family | prompt params needed (certified) | " + " | ".join(methods) + " |",
-                      "|---|---|---|---|" + "---|" * len(methods)]
-            for r in visible_rows(c, prows):
-                cells = []
-                need = r["certified_prompt_params"]
-                for m in methods:
-                    cells.append(parameter_cell(r["methods"].get(m), need if m == "prompt" else None))
-                lines.append(f"| {r['instance']} | {r['d']} | {r['family']} | {'>= ' + str(need) if need else '-'} | "
-                             + " | ".join(cells) + " |")
-            lines.append("")
+            lines += parameter_markdown(c, visible_rows(c, c["parameters"]), note)
         rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}, **c.get("comparisons", {})}
         dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:
@@ -412,7 +359,7 @@ def html(report: dict, figs: dict[str, bytes]) -> str:
 
     env = Environment(loader=PackageLoader("peftaudit.audit", "."), autoescape=select_autoescape(["html", "j2"]))
     images = {name: base64.b64encode(data).decode() for name, data in figs.items()}
-    env.globals.update(parameter_cell=parameter_cell, study_table=study_table, shown_instances=shown_instances, capped=capped,
+    env.globals.update(parameter_cell=parameter_cell, parameter_methods=parameter_methods, study_table=study_table, shown_instances=shown_instances, capped=capped,
                        visible_rows=visible_rows)
     return env.get_template("report.html.j2").render(report=report, images=images)
 

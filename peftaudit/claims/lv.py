@@ -32,10 +32,11 @@ def _hypotheses(inst):
     return hypotheses(inst, RANK)
 
 
-def _study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
-    """Per instance, the sandwich: the largest rank the certificate rules out (every rank from 0 up,
-    each certificate checked by the independent checker) and the smallest rank at which the
-    construction memorizes, confirmed by the interval replay of the exact model."""
+def value_rank_study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
+    """Per instance, the rank an update of W_v needs as a sandwich: the largest rank LV
+    certificates rule out (every rank from 0 up, each checked by the independent checker) and the
+    smallest rank at which the construction memorizes, confirmed by the interval replay of the
+    exact model (the parameter tables of LV, L2 and L2-lora read it)."""
     from peftaudit.models.methods import get_method
     from peftaudit.search.engine import rigorous_replay
     from peftaudit.verify.checkers import check_certificate
@@ -61,7 +62,7 @@ def _study(instances, certificates: dict, profile: Profile, seed: int, log=lambd
         if witness is not None and witness < below:  # a soundness conflict: the claim is ERROR
             violations.append(f"instance {i}: the construction memorizes at rank {witness}, below the certified "
                               f"rank {below}")
-        log(f"LV: instance {i}: no update of rank < {below} fits; construction memorizes at rank {witness}")
+        log(f"instance {i}: no update of W_v of rank < {below} fits; the construction memorizes at rank {witness}")
         rows.append({"instance": i, "d": d, "N": N, "family": inst.meta.get("family"), "certified_below": below,
                      "witness_rank": witness, "params_lower": 2 * d * below,
                      "params_upper": None if witness is None else 2 * d * witness, "tight": witness == below})
@@ -93,6 +94,7 @@ LV = register_claim(Claim(
     falsifiers=(MethodRun("lora", {"targets": "v"}, (RANK,)), MethodRun("peft-lora", {"targets": "v"}, (RANK,))),
     comparisons=(MethodRun("lora", {"targets": "v"}, (PLANTED_RANK,)), MethodRun("full", {}, (1,))),
     certify=_certify,
-    study=_study,
+    study=value_rank_study,
     study_table=rank_table,
+    parameter_table=True,
 ))
