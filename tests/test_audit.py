@@ -95,6 +95,7 @@ def test_committed_reference_report_matches_the_code():
     assert report["schema"] == SCHEMA_VERSION
     jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
     assert [c["id"] for c in report["claims"]] == [c for c in claim_ids() if not c.startswith("FALSE")]
+    assert "figures/parameters.png" in report["figures"]  # certified lower and witnessed upper per method
 
 
 PLUGIN_CONFTEST = '''

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,4 +125,8 @@ def test_l2_report_carries_the_parameter_table():
     assert all(a["witnessed"] == (a["solved"] and a["witnessed"]) for v in claim["contrasts"].values()
                for a in v["results"])
     assert all(r["methods"]["prompt"]["solved_params"] is None or r["methods"]["prompt"]["solved_params"] >= 2 * r["d"]
+               for r in rows)
+    # the lower side: checked LV certificates rule out rank 0, so LoRA on W_v needs 2d; it meets the witness
+    assert all(r["methods"]["lora [targets=v]"]["certified_lower"] == 2 * r["d"] for r in rows)
+    assert all(r["methods"]["lora [targets=v]"]["tight"] and r["methods"]["full"]["certified_lower"] is None
                for r in rows)
