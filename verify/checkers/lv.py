@@ -29,6 +29,23 @@ from .reading import MalformedCertificate, rational
 from .result import CheckResult
 
 
+def example_facts(inst: Instance, value_map: list, k: Fraction, H: list, n: int, claim: str
+                  ) -> tuple[list, list, list, Fraction] | str:
+    """Example n's exact facts (LV and LV-scale): its encoded last token x, a box [lo, hi] around
+    value_map u (exact exp bounds), and rho = ||g(H~) - Y||_inf / (1 - kappa) >= ||H~ - g^{-1}(Y)||_inf;
+    or why they cannot be had."""
+    X_raw, Y = inst.dataset[n]
+    if len(Y) != 1:
+        return f"example {n} has {len(Y)} targets; {claim} speaks about the last position only"
+    layer = inst.layers[0]
+    X = inst.encoded(X_raw)
+    try:
+        lo, hi = attention_box(value_map, head_logits(layer.heads[0], X[-1], X), X)
+    except BeyondLimits as exc:
+        return str(exc)
+    return X[-1], lo, hi, max(abs(o - t) for o, t in zip(mlp(layer, H), Y[0])) / (1 - k)
+
+
 def check_lv(cert: dict, inst: Instance) -> CheckResult:
     """Re-verify an LV certificate against its (validated) embedded instance."""
     why = single_layer_problem(inst)
@@ -55,16 +72,12 @@ def check_lv(cert: dict, inst: Instance) -> CheckResult:
     s, e, c = (rational(get(cert, key, "certificate"), key) for key in ("s", "e", "c"))
     claimed = rational(get(cert, "margin", "certificate"), "margin")
     columns, error2 = [], Fraction(0)
-    for i, ((X_raw, Y), h) in enumerate(zip(inst.dataset, H)):
-        if len(Y) != 1:
-            return CheckResult(False, f"example {i} has {len(Y)} targets; LV speaks about the last position only")
-        X = inst.encoded(X_raw)
-        try:
-            lo, hi = attention_box(head.V, head_logits(head, X[-1], X), X)
-        except BeyondLimits as exc:
-            return CheckResult(False, str(exc))
-        rho = max(abs(o - t) for o, t in zip(mlp(layer, h), Y[0])) / (1 - k)
-        columns.append([hk - xk - (a + b) / 2 for hk, xk, a, b in zip(h, X[-1], lo, hi)])
+    for i, h in enumerate(H):
+        facts = example_facts(inst, head.V, k, h, i, "LV")
+        if isinstance(facts, str):
+            return CheckResult(False, facts)
+        last, lo, hi, rho = facts
+        columns.append([hk - xk - (a + b) / 2 for hk, xk, a, b in zip(h, last, lo, hi)])
         error2 += sum(((rho + (b - a) / 2) ** 2 for a, b in zip(lo, hi)), Fraction(0))
     G = [[sum((col[a] * col[b] for col in columns), Fraction(0)) for b in range(d)] for a in range(d)]
     Gq = [matvec(G, q) for q in Q]

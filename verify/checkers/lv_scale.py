@@ -13,16 +13,17 @@ output's max error is at least (1 - kappa) times that. This checker encloses v_i
 exp bounds), b_i in the box H~_i - x_i +- rho_i with rho_i = ||g(H~_i) - Y_i||_inf / (1 - kappa) >=
 ||H~_i - H_i||_inf, bounds the numerator's magnitude from below and the denominator from above
 by interval arithmetic, and accepts a claimed margin at most the result. Shares no code with the
-encoder (verify/encoders/lv_scale.py).
+encoder (verify/encoders/lv_scale.py); the per-example facts are the LV checker's (example_facts).
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-from .exact import BeyondLimits, attention_box, get, head_logits, vec
+from .exact import get, vec
 from .instance import Instance
-from .l1 import kappa, mlp, single_layer_problem
+from .l1 import kappa, single_layer_problem
+from .lv import example_facts
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
 
@@ -68,17 +69,12 @@ def check_lv_scale(cert: dict, inst: Instance) -> CheckResult:
     v: dict[int, Interval] = {}
     b: dict[int, Interval] = {}
     for n in (i, j):
-        X_raw, Y = inst.dataset[n]
-        if len(Y) != 1:
-            return CheckResult(False, f"example {n} has {len(Y)} targets; LV-scale speaks about the last position only")
-        X = inst.encoded(X_raw)
-        try:
-            lo, hi = attention_box(head.Wv, head_logits(head, X[-1], X), X)
-        except BeyondLimits as exc:
-            return CheckResult(False, str(exc))
-        rho = max(abs(o - t) for o, t in zip(mlp(layer, H[n]), Y[0])) / (1 - kap)
+        facts = example_facts(inst, head.Wv, kap, H[n], n, "LV-scale")
+        if isinstance(facts, str):
+            return CheckResult(False, facts)
+        last, lo, hi, rho = facts
         v[n] = (lo[k], hi[k])
-        b[n] = (H[n][k] - X[-1][k] - rho, H[n][k] - X[-1][k] + rho)
+        b[n] = (H[n][k] - last[k] - rho, H[n][k] - last[k] + rho)
     first, second = _product(v[i], b[j]), _product(v[j], b[i])
     low, high = first[0] - second[1], first[1] - second[0]                            # v_ik b_jk - v_jk b_ik
     numerator = max(Fraction(0), low, -high)

@@ -12,6 +12,7 @@ definite), the enclosure error of R (Weyl), and the conversion to the layer outp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -61,32 +62,52 @@ def residual_matrix(inst: Instance) -> tuple[np.ndarray, list[np.ndarray], np.nd
     return np.stack(cols, axis=1), pre, np.stack(avg, axis=1)
 
 
+@dataclass(frozen=True)
+class ExampleBox:
+    """One example's exact facts for LV and LV-scale: its encoded last token x, a box [lo, hi]
+    around M u (M a value map, u the frozen attention average), the preimage point H~ and rho >=
+    ||H~ - g^{-1}(Y)||_inf (from H~'s exact residual through g, divided by 1 - kappa)."""
+    last: list[Fraction]
+    lo: list[Fraction]
+    hi: list[Fraction]
+    H: list[Fraction]
+    rho: Fraction
+
+
+def example_boxes(inst: Instance, value_map: list, preimages: list) -> tuple[list[ExampleBox], Fraction]:
+    """Every example's ExampleBox for the value map `value_map` (exact), and the MLP's kappa."""
+    w, spec = inst.weights, inst.spec
+    p = "layers.0.heads.0."
+    Wq, Wk = qmat(w[p + "Wq"]), qmat(w[p + "Wk"])
+    mlp = MLPWeights.of_layer(spec.mlp, w)
+    kappa = branch_lipschitz(mlp)
+    E = qmat(w["positional"]) if spec.positions else None
+    out = []
+    for ex, H in zip(inst.dataset, preimages):
+        X = qmat(ex.X)
+        if E is not None:
+            X = [[a + b for a, b in zip(x, pe)] for x, pe in zip(X, E)]
+        lo, hi = attention_enclosure(value_map, matvec(transpose(Wk), matvec(Wq, X[-1])), X)
+        rho = max(abs(o - t) for o, t in zip(evaluate_exact(mlp, H), qvec(ex.Y[-1]))) / (1 - kappa)
+        out.append(ExampleBox(X[-1], lo, hi, H, rho))
+    return out, kappa
+
+
 def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERANCE) -> CertifyResult:
     """Certify that no update of W_v of rank <= `rank` gets the last-position error below a margin."""
     why = hypotheses(inst, rank)
     if why is not None:
         return CertifyResult("LV", "not-applicable", why)
-    w, spec = inst.weights, inst.spec
-    d, N = spec.d, len(inst.dataset)
+    d, N = inst.spec.d, len(inst.dataset)
     p = "layers.0.heads.0."
-    Wv = qmat(w[p + "Wv"])
-    V = matmul(qmat(w[p + "Wo"]), Wv) if p + "Wo" in w else Wv
-    Wq, Wk = qmat(w[p + "Wq"]), qmat(w[p + "Wk"])
-    mlp = MLPWeights.of_layer(spec.mlp, w)
-    kappa = branch_lipschitz(mlp)
-    E = qmat(w["positional"]) if spec.positions else None
+    Wv = qmat(inst.weights[p + "Wv"])
+    V = matmul(qmat(inst.weights[p + "Wo"]), Wv) if p + "Wo" in inst.weights else Wv
     R_float, preimages, _ = residual_matrix(inst)
-    columns, width2 = [], Fraction(0)
     H_cert = [qvec(H) for H in preimages]
-    for ex, H in zip(inst.dataset, H_cert):
-        X = qmat(ex.X)
-        if E is not None:
-            X = [[a + b for a, b in zip(x, pe)] for x, pe in zip(X, E)]
-        lo, hi = attention_enclosure(V, matvec(transpose(Wk), matvec(Wq, X[-1])), X)
-        out = evaluate_exact(mlp, H)
-        rho = max(abs(o - t) for o, t in zip(out, qvec(ex.Y[-1]))) / (1 - kappa)
-        columns.append([h - x - (a + b) / 2 for h, x, a, b in zip(H, X[-1], lo, hi)])
-        width2 += sum(((rho + (b - a) / 2) ** 2 for a, b in zip(lo, hi)), Fraction(0))
+    boxes, kappa = example_boxes(inst, V, H_cert)
+    columns = [[h - x - (a + b) / 2 for h, x, a, b in zip(box.H, box.last, box.lo, box.hi)] for box in boxes]
+    width2 = sum((sum(((box.rho + (b - a) / 2) ** 2 for a, b in zip(box.lo, box.hi)), Fraction(0))
+                  for box in boxes), Fraction(0))
     U, S, _ = np.linalg.svd(R_float)
     Q = [qvec(U[:, j]) for j in range(rank + 1)]                                      # r+1 columns, each (d,)
     G = [[sum((ci[a] * ci[b] for ci in columns), Fraction(0)) for b in range(d)] for a in range(d)]  # R~ R~^T

@@ -23,12 +23,10 @@ from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
 from .l1 import DEFAULT_TOLERANCE, CertifyResult
+from .lv import example_boxes, residual_matrix
 from .lv import hypotheses as value_hypotheses
-from .lv import residual_matrix
-from .mlp import MLPWeights, branch_lipschitz, evaluate_exact
-from .rational import frac_str, matvec, qmat, qvec, transpose
+from .rational import frac_str, qmat, qvec
 from .selfcheck import self_check
-from .softmax_bounds import attention_enclosure
 
 WV = "layers.0.heads.0.Wv"
 
@@ -95,24 +93,12 @@ def certify_lv_scale(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> Ce
     why = hypotheses(inst)
     if why is not None:
         return CertifyResult("LV-scale", "not-applicable", why)
-    w, spec = inst.weights, inst.spec
-    d, N = spec.d, len(inst.dataset)
-    p = "layers.0.heads.0."
-    Wv, Wq, Wk = qmat(w[p + "Wv"]), qmat(w[p + "Wq"]), qmat(w[p + "Wk"])
-    mlp = MLPWeights.of_layer(spec.mlp, w)
-    kappa = branch_lipschitz(mlp)
-    E = qmat(w["positional"]) if spec.positions else None
+    d, N = inst.spec.d, len(inst.dataset)
     _, preimages, _ = residual_matrix(inst)
     H_cert = [qvec(H) for H in preimages]
-    v_box, b_box = [], []
-    for ex, H in zip(inst.dataset, H_cert):
-        X = qmat(ex.X)
-        if E is not None:
-            X = [[a + c for a, c in zip(x, pe)] for x, pe in zip(X, E)]
-        lo, hi = attention_enclosure(Wv, matvec(transpose(Wk), matvec(Wq, X[-1])), X)
-        rho = max(abs(o - t) for o, t in zip(evaluate_exact(mlp, H), qvec(ex.Y[-1]))) / (1 - kappa)
-        v_box.append(list(zip(lo, hi)))
-        b_box.append([(h - x - rho, h - x + rho) for h, x in zip(H, X[-1])])
+    boxes, kappa = example_boxes(inst, qmat(inst.weights[WV]), H_cert)
+    v_box = [list(zip(box.lo, box.hi)) for box in boxes]
+    b_box = [[(h - x - box.rho, h - x + box.rho) for h, x in zip(box.H, box.last)] for box in boxes]
     V, B = scaled_values(inst)
     scores = sorted(((abs(V[i, k] * B[j, k] - V[j, k] * B[i, k]) / (abs(V[i, k]) + abs(V[j, k]) or np.inf), k, i, j)
                      for k in range(d) for i, j in combinations(range(N), 2)), reverse=True)
