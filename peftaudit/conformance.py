@@ -282,7 +282,11 @@ def rule_jacobian(s: Subject) -> str:
     its `outputs` and torch.func.jacfwd of them, at the target positions the search asks for."""
     offered = ability(s.method, "outputs_and_jacobian")
     if not callable(offered):
-        raise NotApplicable("no Jacobian offered: the search differentiates the outputs with torch.func")
+        refused = ability(s.method, "refusal")
+        refusal = refused(s.instances[0].spec, s.size) if callable(refused) else ""
+        raise NotApplicable(f"no Jacobian offered: torch.func refuses the module ({refusal}), so the search takes "
+                            "Jacobians by plain autograd" if refusal else
+                            "no Jacobian offered: the search differentiates the outputs with torch.func")
     worst = 0.0
     for inst in s.instances:
         W, X, _ = _data([inst] * 2, [0, 1])
@@ -339,4 +343,15 @@ def check_rule(rule: str, name: str, options: dict | None = None, size: int | No
 
 
 def check_method(name: str, options: dict | None = None, size: int | None = None) -> list[RuleResult]:
-    return [check_rule(rule, name, options, size) for rule in RULES]
+    """Every rule on one method. A failure that several rules share (the method cannot be built,
+    say) is given in full once, under the first rule it fails; the others point to it."""
+    out, said = [], {}
+    for rule in RULES:
+        result = check_rule(rule, name, options, size)
+        first = result.detail.splitlines()[0] if result.detail else ""
+        if not result.ok and first in said:
+            result = RuleResult(rule, False, f"the same failure as rule '{said[first]}'")
+        elif not result.ok:
+            said[first] = rule
+        out.append(result)
+    return out

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from peftaudit.audit.report import comparable
 from peftaudit.cli import main
+from peftaudit.errors import InputError
 from peftaudit.claims import get_claim
 from peftaudit.jobs import ResultStore, plan_audit
 from peftaudit.jobs.plan import AuditPlan, chunks, job_seed
@@ -178,3 +180,93 @@ def test_ray_backend_without_ray_is_bad_input_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(InputError, match=r"\.\[ray\]"):
         run_audit(["P1-encoder"], backend="ray", jobs=2, calibration=False, progress=False, quiet=True)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A head and a second node, each a `ray start --block` process this test owns (its own
+    session, stopped by its process group), with token authentication as Ray 2.59+ does by
+    default. Yields (address, env for a driver). Skips, saying why, if the cluster cannot come up."""
+    import secrets
+    import shutil
+
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the ray command is not installed")
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    address = f"127.0.0.1:{port}"
+    starts = [[ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
+               "--block"], [ray_cli, "start", "--address", address, "--num-cpus", "1", "--block"]]
+    procs = []
+    try:
+        for argv in starts:
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+            deadline = time.monotonic() + 90
+            want = len(procs)
+            while time.monotonic() < deadline:
+                status = subprocess.run([ray_cli, "status", "--address", address], env=env, capture_output=True,
+                                        text=True, timeout=60)
+                if status.returncode == 0 and status.stdout.count(" node_") >= want:
+                    break
+                time.sleep(2)
+            else:
+                pytest.skip(f"a two-node local Ray cluster did not come up within 90 s here ({want} node(s) wanted)")
+        yield address, env
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow  # a Ray cluster of its own
+def test_a_two_node_ray_cluster_gives_the_inline_report(uninterrupted, two_node_cluster, tmp_path):
+    address, env = two_node_cluster
+    out = tmp_path / "cluster"
+    done = subprocess.run(cli(*AUDIT, "--out", str(out), "--backend", "ray", "--address", address, "--jobs", "2"),
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert report(out) == report(uninterrupted[0])
+    # without the cluster's token: one line naming what is missing, no traceback
+    bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    refused = subprocess.run(cli(*AUDIT, "--out", str(tmp_path / "no-token"), "--backend", "ray", "--address",
+                                 address, "--jobs", "2"), capture_output=True, text=True, timeout=300, env=bare)
+    if refused.returncode != 0:  # a token file of this user's may still let it in; if refused, say why
+        assert refused.returncode == 2 and "RAY_AUTH_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow  # a Ray of its own
+def test_the_local_ray_backend_starts_its_own_ray_beside_a_stale_cluster_file(uninterrupted, tmp_path):
+    """Once any cluster ran on a machine, Ray's temp folder keeps `ray_current_cluster`; the local
+    backend must start its own Ray, not try to join what that file names."""
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must stay short
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a cluster long gone
+    out = tmp_path / "stale"
+    done = subprocess.run(cli(*AUDIT, "--out", str(out), "--backend", "ray", "--jobs", "2"), capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "RAY_TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert report(out) == report(uninterrupted[0])
+
+
+def test_a_malformed_ray_runtime_env_is_bad_input(monkeypatch):
+    from peftaudit.jobs.executors import RUNTIME_ENV_VARIABLE, ray_runtime_env
+
+    monkeypatch.setenv(RUNTIME_ENV_VARIABLE, "[1, 2]")
+    with pytest.raises(InputError, match="a JSON object"):
+        ray_runtime_env()
+    monkeypatch.setenv(RUNTIME_ENV_VARIABLE, '{"pip": ["my-plugin"]}')
+    assert ray_runtime_env() == {"pip": ["my-plugin"]}

@@ -31,6 +31,9 @@ ABILITIES = {a.name: a for a in (
     Ability("outputs_and_jacobian", None, "outputs_and_jacobian(spec, params, trainable, X, keep=k) -> (outputs "
                                           "(B, E, k, d), Jacobian (B, E*k*d, P)): Levenberg-Marquardt takes its "
                                           "Jacobians from it instead of torch.func"),
+    Ability("refusal", None, "refusal(spec, size) -> '' or why torch.func's vmap or jvp refuses the method's "
+                             "forward (module methods detect it once, when prepared): the search then runs it "
+                             "problem by problem, with Jacobians by plain autograd"),
     Ability("identity_adapter", None, "identity_adapter(spec, size) -> (params, trainable) at which the method "
                                       "leaves the frozen model's outputs unchanged (a conformance rule)"),
     Ability("declared_params", None, "declared_params(spec, size) -> the trainable count a paper states, checked "

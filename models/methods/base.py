@@ -128,6 +128,9 @@ def get_method(name: str, **options: object) -> Method:
     'package.module:Name'. Unknown names list the known ones; an object that lacks part of the
     contract is refused with the missing parts named."""
     _load_builtin()
+    from .peft_config import config_guest, is_config_name
+    if is_config_name(name):  # any peft config: peft:LoHaConfig with the config's fields as options
+        return config_guest(name, **options)
     if isinstance(name, str) and name not in _REGISTRY and ":" in name:
         _import_spec(name)
     if not isinstance(name, str) or name not in _REGISTRY:

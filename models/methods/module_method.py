@@ -86,6 +86,7 @@ class Prepared:
     base: dict[str, str]             # functional weight name -> module parameter name
     trainable: dict[str, Tensor]     # module parameter name -> the transform's initial value
     constants: dict[str, Tensor]     # frozen tensors the transform added (buffers, frozen params)
+    refusal: str = ""                # why torch.func refuses the module ("": vmap and jvp run it)
 
 
 def template_weights(spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -146,7 +147,15 @@ class ModuleMethod:
         def one(base_b: dict, train_b: dict, x: Tensor) -> Tensor:
             return functional_call(prepared.module, (base_b, train_b, constants), (x,))  # (E,n,d)
 
+        if prepared.refusal:  # the correct slower path: one problem at a time, plain autograd
+            return torch.stack([one({k: v[b] for k, v in base.items()}, {k: v[b] for k, v in trainable.items()}, X[b])
+                                for b in range(X.shape[0])])                          # (B,E,n,d)
         return vmap(one)(base, dict(trainable), X)                                      # (B,E,n,d)
+
+    def refusal(self, spec: ModelSpec, size: int) -> str:
+        """Why torch.func's vmap or jvp refuses this method's module ("" when they run it): the
+        search then runs it problem by problem, with Jacobians by plain autograd."""
+        return self.prepare(spec, size).refusal
 
     def param_count(self, spec: ModelSpec, size: int) -> int:
         return sum(t.numel() for t in self.prepare(spec, size).trainable.values())
@@ -221,7 +230,14 @@ class ModuleMethod:
         if not trainable:
             raise MethodContractError(self.name, "the transform adds trainable parameters",
                                       "the adapted module has none")
-        return Prepared(adapted, base, trainable, constants)
+        prepared = Prepared(adapted, base, trainable, constants)
+        refusal = _torch_func_refusal(prepared, spec)
+        if refusal and not self.__dict__.get("_refusal_said"):  # said once per method object
+            from peftaudit.log import log_stderr
+            self.__dict__["_refusal_said"] = True
+            log_stderr(f"{self.name}: torch.func refuses its module ({refusal}); it runs problem by problem, with "
+                       "Jacobians by plain autograd (correct, slower)")
+        return Prepared(adapted, base, trainable, constants, refusal)
 
     def size_of(self, spec: ModelSpec, trainable: Params) -> int:
         """The size whose prepared module has these trainable shapes (leading B axis dropped)."""
@@ -233,6 +249,23 @@ class ModuleMethod:
             if size <= MAX_SIZE and {k: tuple(v.shape) for k, v in self.prepare(spec, size).trainable.items()} == shapes:
                 return size
         raise InputError(f"{self.name} adapter", sorted(shapes), "tensors of the shapes this method makes")
+
+
+def _torch_func_refusal(prepared: Prepared, spec: ModelSpec) -> str:
+    """One probe of what the search asks of torch.func (vmap over problems, a jvp inside): ""
+    when it runs, else the refusal's first sentence (it names the torch operation)."""
+    weights = {n: torch.as_tensor(w)[None] for n, w in template_weights(spec).items() if n in prepared.base}
+    base = {prepared.base[n]: w for n, w in weights.items()}                             # (1,...)
+    trainable = {k: t[None] for k, t in prepared.trainable.items()}                       # (1,...)
+    X = torch.zeros(1, 1, 2, spec.d, dtype=torch.float64)                                # (B,E,n,d)
+
+    def run(train: dict) -> Tensor:
+        return vmap(lambda b, t, x: functional_call(prepared.module, (b, t, prepared.constants), (x,)))(base, train, X)
+    try:
+        torch.func.jvp(run, (trainable,), ({k: torch.ones_like(t) for k, t in trainable.items()},))
+    except (RuntimeError, NotImplementedError) as exc:
+        return str(exc).split(". ")[0].strip()[:200]
+    return ""
 
 
 def module_method(name: str, transform: Callable[[TransformerModule, int], nn.Module], *,

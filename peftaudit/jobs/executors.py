@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable
 
-from peftaudit.errors import InputError, PeftauditError
+from peftaudit.errors import InputError, PeftauditError, one_line
 
 from .work import run_job
 
@@ -121,6 +121,27 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
                                                f"{timeout:g} s: {exc.strerror or exc})") from None
 
 
+RUNTIME_ENV_VARIABLE = "PEFTAUDIT_RAY_RUNTIME_ENV"
+
+
+def ray_runtime_env() -> dict | None:
+    """The Ray runtime environment the jobs run in, from $PEFTAUDIT_RAY_RUNTIME_ENV (JSON, e.g.
+    {"pip": ["peftaudit[peft]", "my-plugin"]} or {"py_modules": ["/path/to/my_pkg"]}): how the
+    workers of a real cluster get the package and the user's plugins. None: the nodes' own Python."""
+    import json
+
+    text = os.environ.get(RUNTIME_ENV_VARIABLE)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(RUNTIME_ENV_VARIABLE, text, "a JSON object (a Ray runtime environment)")
+    return value
+
+
 def run_ray(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: int, address: str | None,
             verbose: bool) -> None:
     try:
@@ -129,8 +150,18 @@ def run_ray(plan_doc: dict, jobs: list[dict], on_result: OnResult, *, workers: i
         raise InputError("--backend", "ray", "an installed Ray (python -m pip install -e \".[ray]\")") from None
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs = {"address": address} if address else {"num_cpus": workers}
-        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=False, **kwargs)
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": workers}  # its own Ray, whatever
+        # clusters this machine has seen (a stale ray_current_cluster file would otherwise be joined)
+        try:
+            ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=False,
+                     runtime_env=ray_runtime_env(), **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            if not address:
+                raise
+            raise InputError("--address", address, f"a Ray cluster this process may join (ray.init: {one_line(exc)}); "
+                             "a cluster with token authentication (on by default for local clusters since Ray "
+                             "2.59) needs RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or "
+                             "RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on the head)") from None
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_logged_job)
         refs = {task.remote(plan_doc, job, verbose): job for job in jobs}

@@ -276,6 +276,10 @@ def _optimize_chunk(method: Method, spec, weights, X, Y, size: int, seed: int, c
     if ability(method, "outputs_and_jacobian") is not None and partial and n_params <= n_res:
         def jacobian_of(theta: torch.Tensor, W: dict, X_b: torch.Tensor, _Y_b: torch.Tensor) -> torch.Tensor:
             return method.outputs_and_jacobian(spec, W, unflat(theta, template), X_b, keep=k)[1]  # (b,R,P)
+    refusal = ability(method, "refusal")
+    if callable(refusal) and refusal(spec, size):  # torch.func refuses the module: plain autograd, row by row
+        def jacobian_of(theta: torch.Tensor, W: dict, X_b: torch.Tensor, Y_b: torch.Tensor) -> torch.Tensor:
+            return O.autograd_jacobian(lambda t: residuals(t, W, X_b, Y_b), theta, n_res)  # (b,R,P)
 
     project = None
     if config.norm_bound is not None:

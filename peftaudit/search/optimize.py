@@ -157,6 +157,21 @@ def jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Te
     return torch.func.vmap(lambda c: pullback(c)[0], out_dims=1)(cotangents)  # (b,R,P)
 
 
+def autograd_jacobian(residuals: Callable[[Tensor], Tensor], theta: Tensor, R: int) -> Tensor:
+    """Per-problem Jacobians (b, R, P) by plain autograd, row by row (R backward passes, each
+    giving row j of every problem, since problems are independent): for methods whose module
+    torch.func refuses (an autograd.Function without setup_context, index_put_ or .data under
+    vmap). Slower than `jacobian`, and exact in the same sense."""
+    th = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        r = residuals(th)                                                                  # (b,R)
+        rows = []
+        for j in range(R):
+            g, = torch.autograd.grad(r[:, j].sum(), th, retain_graph=j + 1 < R, allow_unused=True)
+            rows.append(torch.zeros_like(th) if g is None else g)                          # (b,P)
+    return torch.stack(rows, dim=1).detach()                                               # (b,R,P)
+
+
 def _jacobian_at(residuals: Residuals, theta: Tensor, data: tuple, R: int,
                  jacobian_of: Residuals | None = None) -> Tensor:
     """Finite per-problem Jacobians (b, R, P) of residuals(theta, *data): by jacobian_of(theta,
