@@ -133,6 +133,11 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _runs(c: dict) -> dict[str, list[dict]]:
+    """A claim's search, contrast and comparison rows by run label."""
+    return {**c["search"], **{label: v["results"] for label, v in c["contrasts"].items()}, **c.get("comparisons", {})}
+
+
 def figures(report: dict) -> dict[str, bytes]:
     import matplotlib
     matplotlib.use("Agg")
@@ -141,30 +146,31 @@ def figures(report: dict) -> dict[str, bytes]:
     out = {}
     claims = [c for c in report["claims"] if c["search"] or c["contrasts"]]
     if claims:
+        from peftaudit.plotting import draw_curves, method_styles, tidy_log_axes
+
         ncols = min(3, len(claims))
         nrows = -(-len(claims) // ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
         for ax in axes.flat[len(claims):]:
             ax.set_visible(False)
+        every = [r for c in claims for rows in _runs(c).values() for r in rows]
+        styles = method_styles((r["method"] for r in every), plt)
         for ax, c in zip(axes.flat, claims):
-            series = dict(c["search"])
-            series.update({label: v["results"] for label, v in c["contrasts"].items()})
-            series.update(c.get("comparisons", {}))
-            for label, rows in series.items():
-                by_params: dict[int, list[float]] = {}
+            dims = [shape["d"] for shape in c["instance_shapes"]]
+            curves, style_of = {}, {}
+            for label, rows in _runs(c).items():
+                by_point: dict[tuple[int, int], list[float]] = {}
                 for r in rows:
                     if r["best_loss"] is not None:  # a broken method's non-finite losses are not drawn
-                        by_params.setdefault(r["params"], []).append(max(r["best_loss"], 1e-32))
-                xs = sorted(by_params)
-                if not xs:
-                    continue
-                ax.plot(xs, [median(by_params[x]) for x in xs], marker="o", label=label)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("trainable parameters")
-            ax.set_ylabel("median best replayed loss")
+                        by_point.setdefault((r["params"], dims[r["instance"]]), []).append(r["best_loss"])
+                        style_of[label] = r["method"]
+                curves[label] = [(x, median(v), d) for (x, d), v in by_point.items()]
+            draw_curves(ax, {k: v for k, v in curves.items() if v}, styles, style_of)
+            tidy_log_axes(ax)
+            ax.set_xlabel("trainable parameters (lines join the same width d)", fontsize=8)
+            ax.set_ylabel("median best replayed loss", fontsize=8)
             ax.set_title(f"{c['id']}: loss against parameters", fontsize=9)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, loc="best")
         fig.tight_layout()
         out["loss_vs_params.png"] = _figure_png(fig)
         plt.close(fig)

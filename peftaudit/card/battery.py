@@ -174,12 +174,16 @@ def declaration_check(name: str, options: dict, method, spec_inst, base) -> dict
 
 
 def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, d: int = 4, count: int = 3,
-                families: Sequence[str] | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+                families: Sequence[str] | None = None, log: Callable[[str], None] = lambda s: None,
+                progress: bool = False) -> dict:
     """Everything a method card shows, as plain JSON-ready data (`families`: a subset of the
-    named families, default all)."""
+    named families, default all). `progress`: a bar over (family, method) runs with its ETA."""
+    from tqdm.auto import tqdm
+
     chosen = list(FAMILIES) if families is None else [get_family(f).name for f in families]
     subject = get_method(name, **options)
     methods = {name: dict(options), **{k: v for k, v in COMPARATORS.items() if k != name}}
+    bar = tqdm(total=len(chosen) * len(methods), desc=f"card {name}", unit="run", disable=not progress, leave=False)
     budgets = [f * d for f in BUDGET_FACTORS.get(profile.name, DEFAULT_FACTORS)]
     if profile.name == "quick":
         base = replace(base, **{k: min(getattr(base, k), v) for k, v in QUICK_SEARCH.items()})
@@ -188,7 +192,9 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
         insts = draw_family(family, count, d, seed)
         spec = insts[0].spec
         for mname, mopts in methods.items():
+            bar.set_postfix_str(f"{family}: {mname}")
             if mname in errors:  # broken on an earlier family: once is enough
+                bar.update(1)
                 continue
             try:
                 method = get_method(mname, **mopts)
@@ -209,7 +215,10 @@ def run_battery(name: str, options: dict, profile: Profile, seed: int, base, *, 
                                  "solved": sum(a.solved for a in attempts), "total": len(attempts)})
             except PLUGIN_FAILURES:  # a broken method is that method's ERROR on the card (Ctrl-C passes)
                 errors[mname] = traceback.format_exc(limit=8)
-        log(f"card {name}: {family} done")
+            bar.update(1)
+        if not progress:
+            log(f"card {name}: {family} done")
+    bar.close()
     capacity = []
     for mname in methods:
         for params in sorted({r["params"] for r in rows if r["method"] == mname}):

@@ -13,7 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FLOOR = 1e-32  # losses are drawn no lower than this on the log axis
 
 
 def _png(fig) -> bytes:
@@ -28,41 +27,48 @@ def figures(card: dict) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from peftaudit.plotting import draw_curves, method_styles, tidy_log_axes
+
     families = list(card["families"])
     methods = list(dict.fromkeys(r["method"] for r in card["rows"]))
+    styles = method_styles(methods, plt)  # one colour and marker per method in every panel
     ncols = 3
     nrows = -(-len(families) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat[len(families):]:
         ax.set_visible(False)
     for ax, family in zip(axes.flat, families):
-        for m in methods:
-            rows = sorted((r for r in card["rows"] if r["family"] == family and r["method"] == m),
-                          key=lambda r: r["params"])
-            if rows:
-                ax.plot([r["params"] for r in rows], [max(r["median_best_loss"], FLOOR) for r in rows], marker="o",
-                        label=m, linewidth=2.5 if m == card["method"] else 1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("trainable parameters")
-        ax.set_ylabel("median best replayed loss")
+        curves = {m: [(r["params"], r["median_best_loss"], card["d"]) for r in card["rows"]
+                      if r["family"] == family and r["method"] == m] for m in methods}
+        draw_curves(ax, {m: v for m, v in curves.items() if v}, styles, {m: m for m in methods}, thick=card["method"])
+        tidy_log_axes(ax)
+        ax.set_xlabel("trainable parameters", fontsize=8)
+        ax.set_ylabel("median best replayed loss", fontsize=8)
         ax.set_title(family, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="best")
     fig.suptitle(f"{card['method']}: loss against parameters, beside the built-in methods (d = {card['d']})")
     fig.tight_layout()
     out = {"loss_vs_params.png": _png(fig)}
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for m in methods:
-        pts = sorted((c["params"], c["examples_memorized"]) for c in card["capacity"] if c["method"] == m)
-        if pts:
-            ax.plot([p for p, _ in pts], [k for _, k in pts], marker="o", label=m,
-                    linewidth=2.5 if m == card["method"] else 1)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("random examples memorized (all instances)")
+    capacity = {m: [(c["params"], c["examples_memorized"]) for c in card["capacity"] if c["method"] == m]
+                for m in methods}
+    seen: dict[tuple, str] = {}
+    for m, pts in capacity.items():
+        if not pts:
+            continue
+        pts = sorted(pts)
+        same = seen.setdefault(tuple(pts), m)
+        hollow = same != m
+        ax.plot([p * (1.06 if hollow else 1) for p, _ in pts], [k for _, k in pts], color=styles[m]["color"],
+                marker=styles[m]["marker"], markerfacecolor="none" if hollow else styles[m]["color"],
+                label=f"{m} (same as {same})" if hollow else m, linewidth=2.5 if m == card["method"] else 1.2)
+    tidy_log_axes(ax, solved_line=False)
+    ax.set_yscale("linear")
+    ax.set_xlabel("trainable parameters", fontsize=8)
+    ax.set_ylabel("random examples memorized (all instances)", fontsize=8)
     ax.set_title("capacity: how many random examples a budget memorizes", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out["capacity.png"] = _png(fig)
     plt.close(fig)

@@ -31,7 +31,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     families = names(args.families, "--families") if args.families is not None else None
     with torch_threads(1):  # as an audit's jobs run by default: the audit's card of the method is this card
         card = run_battery(args.method, options, prof, args.seed, base, d=args.d, count=args.count,
-                           families=families, log=log)
+                           families=families, log=log, progress=not args.json)
     folder = write_card(card, out, force=args.force)
     if args.json:
         print(json.dumps(card))
