@@ -141,7 +141,7 @@ class TransformerModule(nn.Module):
         if missing:
             raise ValueError(f"weights lack {missing}")
         self.layers = nn.ModuleList(Layer(spec, weights, li) for li in range(len(spec.layers)))
-        positional = torch.as_tensor(np.asarray(weights["positional"]), dtype=torch.float64) if spec.positions \
+        positional = torch.tensor(np.asarray(weights["positional"]), dtype=torch.float64) if spec.positions \
             else torch.zeros(0, spec.d, dtype=torch.float64)
         self.positional = nn.Parameter(positional, requires_grad=False)  # (positions,d)
 

@@ -191,7 +191,9 @@ def binary64_array(arr: np.ndarray, where: str) -> np.ndarray:
     if kind in "iu":
         out = arr.astype(np.float64)
         big = np.abs(out) >= 2.0**53
-        if big.any() and not np.array_equal(out[big].astype(arr.dtype), arr[big]):
+        with np.errstate(invalid="ignore"):  # a float beyond the integer type casts to garbage: then unequal
+            back = out[big].astype(arr.dtype)
+        if big.any() and not np.array_equal(back, arr[big]):
             raise InputError(where, f"{arr.dtype} array", "integers that float64 holds exactly (docs/design.md 'Numbers')")
         return out
     raise InputError(where, f"{arr.dtype} array", "an array of real numbers (float16/32/64 or exact integers)")

@@ -234,7 +234,7 @@ def test_attention_lipschitz_bound_survives_adversarial_ascent(seed):
         for _ in range(60):
             J = torch.autograd.functional.jacobian(att, Z.reshape(-1), create_graph=True)  # (T*d, T*d)
             sigma = max(torch.linalg.matrix_norm(J[i * d:(i + 1) * d], ord=2) for i in range(3))
-            best = max(best, float(sigma))
+            best = max(best, float(sigma.detach()))
             opt.zero_grad()
             (-sigma).backward()
             opt.step()
