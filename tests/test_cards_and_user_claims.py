@@ -42,7 +42,7 @@ def test_card_of_an_input_space_method(tmp_path):
     card = run_battery("user_methods:PromptModule", {}, prof, 0, search_config(prof, 0, "cpu"), d=4, count=2,
                        families=["l1", "planted-prompt", "planted-lora", "random-1", "random-2"])
     applies = {x["claim"]: x["applies"] for x in card["impossibilities"]}
-    assert applies == {"L1": True, "L1+": True, "L2": True, "M": True, "LV": False}  # LV: updates of W_v only
+    assert applies == {"L1": True, "L1+": True, "L2": True, "M": True, "LV": False, "LV-scale": False}  # LV, LV-scale: W_v only
     assert card["declaration"]["confirmed"] and not card["conflicts"] and not card["errors"]
     mine = [r for r in card["rows"] if r["method"] == "user_methods:PromptModule"]
     assert not any(r["solved"] for r in mine if r["family"] == "l1")  # L1 applies: it must not, and it did not
