@@ -207,3 +207,30 @@ def test_long_per_instance_tables_show_the_worst_and_the_median_instance():
     assert sorted(int(r.split("|")[1]) for r in rows) == sorted(keep)
     assert text.count("peftaudit replay") == 5 and "and 3 more counterexamples" in text
     assert "vacuous instances (3): same reason" in text
+
+
+def test_sandwich_rows_pair_each_certified_floor_with_the_best_found():
+    from peftaudit.audit.sandwich import sandwich_rows, sandwich_summary
+
+    claim = {"kind": "cannot", "certificates": [
+        {"instance": 0, "status": "certified", "margin": 0.5}, {"instance": 1, "status": "certified", "margin": 0.2},
+        {"instance": 2, "status": "not-certified", "margin": None}],
+        "search": {"prompt@1": [{"instance": 0, "max_abs_error": 2.0}, {"instance": 1, "max_abs_error": 0.4}],
+                   "prompt@2": [{"instance": 0, "max_abs_error": 1.0}, {"instance": 2, "max_abs_error": 0.1}]}}
+    rows = sandwich_rows(claim)
+    assert [(r["instance"], r["best_found"], r["found_by"], r["ratio"]) for r in rows] == \
+        [(0, 1.0, "prompt@2", 0.5), (1, 0.4, "prompt@1", 0.5)]
+    assert sandwich_summary(rows) == {"instances": 2, "median_ratio": 0.5, "worst_ratio": 0.5, "best_ratio": 0.5}
+    assert sandwich_rows({**claim, "kind": "can"}) == []
+
+
+def test_the_reference_report_places_every_certified_instance_between_floor_and_best_found():
+    report = json.loads((ROOT / "reports" / "latest" / "report.json").read_text())
+    by_id = {c["id"]: c for c in report["claims"]}
+    for cid in ("L1", "L1+", "L2", "LV", "LV-scale", "M"):
+        rows = by_id[cid]["sandwich"]
+        assert rows and all(0 < r["floor"] <= r["best_found"] for r in rows), cid  # a floor above: ERROR
+        assert 0 < by_id[cid]["sandwich_summary"]["median_ratio"] <= 1
+    assert "figures/sandwich.png" in report["figures"] and "figures/margins.png" not in report["figures"]
+    text = (ROOT / "reports" / "latest" / "report.md").read_text()
+    assert "median floor / best found" in text

@@ -27,6 +27,7 @@ from peftaudit.instance import save as save_instance
 from peftaudit.evidence.outcome import ClaimOutcome, file_stem, finite, log_name
 
 from .parameters import parameter_cell, parameter_figure, parameter_markdown, parameter_methods, parameter_rows
+from .sandwich import claim_markdown, sandwich_figure, sandwich_rows, sandwich_summary, summary_markdown
 
 SCHEMA_VERSION = "peftaudit.report/1"
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
@@ -118,6 +119,8 @@ def claim_json(o: ClaimOutcome) -> dict:
     }
     if c.parameter_table:
         out["parameters"] = parameter_rows(out)
+    out["sandwich"] = sandwich_rows(out)
+    out["sandwich_summary"] = sandwich_summary(out["sandwich"])
     from peftaudit.claims.u_report import g_per_configuration
     g_rows = g_per_configuration(certs) if c.evidence == "witness" else []
     if g_rows:  # claim U: one g per configuration, shared by every target
@@ -174,17 +177,7 @@ def figures(report: dict) -> dict[str, bytes]:
         fig.tight_layout()
         out["loss_vs_params.png"] = _figure_png(fig)
         plt.close(fig)
-    margins = [(c["id"], x["margin"]) for c in report["claims"] if c["kind"] == "cannot"
-               for x in c["certificates"] if x["margin"]]
-    if margins:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for cid in sorted({m[0] for m in margins}):
-            ax.hist([m for k, m in margins if k == cid], bins=12, alpha=0.6, label=cid)
-        ax.set_xlabel("certified margin at the layer output")
-        ax.set_ylabel("instances")
-        ax.legend()
-        out["margins.png"] = _figure_png(fig)
-        plt.close(fig)
+    out.update(sandwich_figure(report, plt, _figure_png))  # certified floor against the best found
     cal = report.get("calibration") or {}
     if cal:
         fig, ax = plt.subplots(figsize=(4, 3))
@@ -249,6 +242,7 @@ def markdown(report: dict) -> str:
         contrast = ", ".join(f"{k}: {v['solved']}/{v['total']}" for k, v in c["contrasts"].items()) or "-"
         lines.append(f"| {c['id']} | **{c['verdict']}** | {c['instances']} | {c['vacuous']} | {len(certified)} | "
                      f"{'-' if smallest is None else f'{smallest:.3g}'} | {contrast} |")
+    lines += summary_markdown(report)
     cal = report.get("calibration") or {}
     if cal:
         lines += ["", "Calibration (search recall on planted instances at the planted size): " +
@@ -285,6 +279,7 @@ def markdown(report: dict) -> str:
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
+        lines += claim_markdown(c, visible_rows(c, c.get("sandwich") or []))
         lines += study_markdown(c)
         if c.get("g_per_configuration"):
             from peftaudit.claims.u_report import g_markdown
