@@ -259,11 +259,17 @@ def _torch_func_refusal(prepared: Prepared, spec: ModelSpec) -> str:
     trainable = {k: t[None] for k, t in prepared.trainable.items()}                       # (1,...)
     X = torch.zeros(1, 1, 2, spec.d, dtype=torch.float64)                                # (B,E,n,d)
 
-    def run(train: dict) -> Tensor:
-        return vmap(lambda b, t, x: functional_call(prepared.module, (b, t, prepared.constants), (x,)))(base, train, X)
+    def one(b: dict, t: dict, x: Tensor) -> Tensor:
+        return functional_call(prepared.module, (b, t, prepared.constants), (x,))
+
     try:
-        torch.func.jvp(run, (trainable,), ({k: torch.ones_like(t) for k, t in trainable.items()},))
-    except (RuntimeError, NotImplementedError) as exc:
+        torch.func.jvp(lambda train: vmap(one)(base, train, X), (trainable,),
+                       ({k: torch.ones_like(t) for k, t in trainable.items()},))
+    except Exception as exc:  # noqa: BLE001 - whatever torch.func raises; the plain forward decides below
+        try:  # a forward that fails without torch.func too is the method's own error, not a refusal
+            one({k: v[0] for k, v in base.items()}, {k: t[0] for k, t in trainable.items()}, X[0])
+        except Exception:  # noqa: BLE001 - it surfaces where the method is used, as that method's error
+            return ""
         return str(exc).split(". ")[0].strip()[:200]
     return ""
 

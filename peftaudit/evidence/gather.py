@@ -89,14 +89,15 @@ def _confirm_runs(outcome: ClaimOutcome) -> dict[str, list[Attempt]]:
     from peftaudit.models.methods.module_method import MethodContractError
 
     out = {}
-    by_prompt = any(r.method == "prompt" for r in outcome.claim.falsifiers)  # else inherited by update class
+    by_prompt = any(r.method == "prompt" for r in outcome.claim.falsifiers)  # inherited as input-space, or by class
     for label, attempts in outcome.searches.items():
         inherited = outcome.added.get(label) == "falsifier"
         try:
-            declared = "" if not inherited or by_prompt or not attempts else \
-                str(ability(get_method(attempts[0].method, **attempts[0].options), "update_class"))
+            method = get_method(attempts[0].method, **attempts[0].options) if inherited and attempts else None
+            as_prompt = method is not None and by_prompt and ability(method, "kind") == "input-space"
+            declared = "" if method is None or as_prompt else str(ability(method, "update_class"))
             out[label] = confirm(attempts, outcome.instances, one_per_instance=outcome.claim.kind == "can",
-                                 prompt_only=inherited and by_prompt, update_class=declared)
+                                 prompt_only=as_prompt, update_class=declared)
         except MethodContractError as exc:
             if label in outcome.added:
                 outcome.method_errors[label] = str(exc)
