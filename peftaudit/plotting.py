@@ -40,13 +40,14 @@ def tidy_log_axes(ax, *, solved_line: bool = True) -> None:
 
 
 def draw_curves(ax, curves: dict[str, list[tuple[int, float, object]]], styles: dict[str, dict],
-                style_of: dict[str, str], *, thick: str | None = None) -> None:
-    """Draw each labelled curve: points (x, loss, group); a line joins only points of the same
-    group (e.g. the same width d); a curve equal to one drawn before is labelled 'same as' it and
-    drawn with hollow markers a little to the right, so both stay visible."""
+                style_of: dict[str, str], *, thick: str | None = None, losses: bool = True) -> None:
+    """Draw each labelled curve: points (x, y, group); a line joins only points of the same group
+    (e.g. the same width d); a curve equal to one drawn before is labelled 'same as' it and drawn
+    with hollow markers a little to the right, so both stay visible. `losses`: y values are losses,
+    drawn no lower than the solved level."""
     seen: dict[tuple, str] = {}
-    for k, (label, points) in enumerate(curves.items()):
-        pts = sorted((x, shown_loss(y), g) for x, y, g in points if y is not None)
+    for label, points in curves.items():
+        pts = sorted((x, shown_loss(y) if losses else y, g) for x, y, g in points if y is not None)
         if not pts:
             continue
         key = tuple((x, f"{y:.6g}", g) for x, y, g in pts)  # equal to 6 digits: the same curve

@@ -14,10 +14,14 @@ from __future__ import annotations
 VALUE_LORA = ("lora [targets=v]", "peft-lora [targets=v]")  # 2 d r parameters at rank r, the LV floor's columns
 
 
+def claim_runs(c: dict) -> dict[str, list[dict]]:
+    """A claim's search, contrast and comparison rows (report.json form) by run label."""
+    return {**c["search"], **{label: v["results"] for label, v in c["contrasts"].items()}, **c.get("comparisons", {})}
+
+
 def _series(c: dict) -> dict[str, list[dict]]:
     series: dict[str, list[dict]] = {}
-    for rows in [*c["search"].values(), *c.get("comparisons", {}).values(),
-                 *(v["results"] for v in c["contrasts"].values())]:
+    for rows in claim_runs(c).values():
         for r in rows:  # keyed by the method each row names, never by parsing a run's display label
             series.setdefault(r["method"], []).append(r)
     return series
@@ -89,7 +93,7 @@ def parameter_methods(rows: list[dict]) -> list[str]:
     return sorted({m for r in rows for m in r["methods"]})
 
 
-def parameter_markdown(c: dict, rows: list[dict], note: str) -> list[str]:
+def parameter_markdown(rows: list[dict], note: str) -> list[str]:
     methods = parameter_methods(rows)
     lines = [NOTE + (f". {note}" if note else "") + ":", "",
              "| instance | d | family | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]

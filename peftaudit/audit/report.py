@@ -26,7 +26,7 @@ from peftaudit.instance import save as save_instance
 
 from peftaudit.evidence.outcome import ClaimOutcome, file_stem, finite, log_name
 
-from .parameters import parameter_cell, parameter_figure, parameter_markdown, parameter_methods, parameter_rows
+from .parameters import claim_runs, parameter_cell, parameter_figure, parameter_markdown, parameter_methods, parameter_rows
 from .sandwich import claim_markdown, sandwich_figure, sandwich_rows, sandwich_summary, summary_markdown
 
 SCHEMA_VERSION = "peftaudit.report/1"
@@ -136,11 +136,6 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _runs(c: dict) -> dict[str, list[dict]]:
-    """A claim's search, contrast and comparison rows by run label."""
-    return {**c["search"], **{label: v["results"] for label, v in c["contrasts"].items()}, **c.get("comparisons", {})}
-
-
 def figures(report: dict) -> dict[str, bytes]:
     import matplotlib
     matplotlib.use("Agg")
@@ -156,12 +151,12 @@ def figures(report: dict) -> dict[str, bytes]:
         fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
         for ax in axes.flat[len(claims):]:
             ax.set_visible(False)
-        every = [r for c in claims for rows in _runs(c).values() for r in rows]
+        every = [r for c in claims for rows in claim_runs(c).values() for r in rows]
         styles = method_styles((r["method"] for r in every), plt)
         for ax, c in zip(axes.flat, claims):
             dims = [shape["d"] for shape in c["instance_shapes"]]
             curves, style_of = {}, {}
-            for label, rows in _runs(c).items():
+            for label, rows in claim_runs(c).items():
                 by_point: dict[tuple[int, int], list[float]] = {}
                 for r in rows:
                     if r["best_loss"] is not None:  # a broken method's non-finite losses are not drawn
@@ -268,8 +263,8 @@ def markdown(report: dict) -> str:
         lines += [f"*Source:* {c['source']}", "", f"*Formalization:* {c['formalization']}", ""]
         if c.get("parameters"):
             _, note = shown_instances(c)
-            lines += parameter_markdown(c, visible_rows(c, c["parameters"]), note)
-        rows = {**c["search"], **{k: v["results"] for k, v in c["contrasts"].items()}, **c.get("comparisons", {})}
+            lines += parameter_markdown(visible_rows(c, c["parameters"]), note)
+        rows = claim_runs(c)
         dims = [shape["d"] for shape in c["instance_shapes"]]
         if rows:
             lines += ["| method | size | d | params | median best loss | solved |", "|---|---|---|---|---|---|"]
@@ -279,7 +274,7 @@ def markdown(report: dict) -> str:
                     losses = [r["best_loss"] if r["best_loss"] is not None else float("inf") for r in rs]
                     lines.append(f"| {label} | {size} | {d} | {rs[0]['params']} | {median(losses):.3g} | "
                                  f"{sum(r['solved'] for r in rs)}/{len(rs)} |")
-        lines += claim_markdown(c, visible_rows(c, c.get("sandwich") or []))
+        lines += claim_markdown(visible_rows(c, c.get("sandwich") or []))
         lines += study_markdown(c)
         if c.get("g_per_configuration"):
             from peftaudit.claims.u_report import g_markdown

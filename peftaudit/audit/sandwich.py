@@ -58,7 +58,7 @@ def summary_markdown(report: dict) -> list[str]:
     return lines
 
 
-def claim_markdown(c: dict, rows: list[dict]) -> list[str]:
+def claim_markdown(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "Certified floor against the best found, per instance:", "",

@@ -111,14 +111,13 @@ def class_certificate(name: str, options: dict, method, d: int, seed: int, base)
         return None
     import numpy as np
 
+    from peftaudit.claims import get_claim
     from peftaudit.evidence.outcome import TOLERANCE
     from peftaudit.strategies.instances import lv_instance
-    from peftaudit.verify.encoders.lv import certify_lv
-    from peftaudit.verify.encoders.lv_scale import certify_lv_scale
 
     claim_id = UPDATE_CLASS_CLAIMS[str(declared)][0]
     inst = lv_instance(np.random.default_rng([seed, 29]), d, d + 1)
-    result = certify_lv(inst, 1, TOLERANCE) if claim_id == "LV" else certify_lv_scale(inst, TOLERANCE)
+    result = get_claim(claim_id).certify(inst, TOLERANCE)  # the claim's own certify (LV: rank 1, as searched)
     out = {"claim": claim_id, "d": d, "N": d + 1, "status": result.status, "reason": result.reason}
     if result.status != "certified":
         return out

@@ -51,18 +51,10 @@ def figures(card: dict) -> dict[str, bytes]:
     out = {"loss_vs_params.png": _png(fig)}
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    capacity = {m: [(c["params"], c["examples_memorized"]) for c in card["capacity"] if c["method"] == m]
+    capacity = {m: [(c["params"], c["examples_memorized"], card["d"]) for c in card["capacity"] if c["method"] == m]
                 for m in methods}
-    seen: dict[tuple, str] = {}
-    for m, pts in capacity.items():
-        if not pts:
-            continue
-        pts = sorted(pts)
-        same = seen.setdefault(tuple(pts), m)
-        hollow = same != m
-        ax.plot([p * (1.06 if hollow else 1) for p, _ in pts], [k for _, k in pts], color=styles[m]["color"],
-                marker=styles[m]["marker"], markerfacecolor="none" if hollow else styles[m]["color"],
-                label=f"{m} (same as {same})" if hollow else m, linewidth=2.5 if m == card["method"] else 1.2)
+    draw_curves(ax, {m: v for m, v in capacity.items() if v}, styles, {m: m for m in methods}, thick=card["method"],
+                losses=False)
     tidy_log_axes(ax, solved_line=False)
     ax.set_yscale("linear")
     ax.set_xlabel("trainable parameters", fontsize=8)

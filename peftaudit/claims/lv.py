@@ -39,8 +39,7 @@ def value_rank_study(instances, certificates: dict, profile: Profile, seed: int,
     exact model (the parameter tables of LV, L2 and L2-lora read it)."""
     from peftaudit.models.methods import get_method
     from peftaudit.search.engine import rigorous_replay
-    from peftaudit.verify.checkers import check_certificate
-    from peftaudit.verify.encoders.lv import certify_lv, construct_update
+    from peftaudit.verify.encoders.lv import certify_lv, construct_update, hypotheses, residual_matrix, value_facts
 
     from ..evidence.outcome import SOLVED_MAX_ERROR
 
@@ -49,14 +48,17 @@ def value_rank_study(instances, certificates: dict, profile: Profile, seed: int,
     for i, inst in enumerate(instances):
         d, N = inst.spec.d, len(inst.dataset)
         below = 0
+        applies = hypotheses(inst, 0) is None
+        residual = residual_matrix(inst) if applies else None   # g^{-1} iterated once per instance
+        facts = value_facts(inst, residual) if applies else None  # the exact enclosures, once for every rank
         for rank in range(min(d, N)):
-            result = certify_lv(inst, rank)
-            if result.status != "certified" or not check_certificate(result.certificate).valid:
+            result = certify_lv(inst, rank, facts=facts)
+            if result.status != "certified":  # "certified" only once the independent checker passed it
                 break
             below = rank + 1
         witness = None
         for rank in range(max(1, below), min(d, N) + 1):
-            if rigorous_replay(lora, inst, construct_update(inst, rank))[1] <= SOLVED_MAX_ERROR:
+            if rigorous_replay(lora, inst, construct_update(inst, rank, residual))[1] <= SOLVED_MAX_ERROR:
                 witness = rank
                 break
         if witness is not None and witness < below:  # a soundness conflict: the claim is ERROR

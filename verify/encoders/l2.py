@@ -10,7 +10,7 @@ import numpy as np
 from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
-from .selfcheck import self_check
+from .selfcheck import checked_result
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
 from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
@@ -88,9 +88,5 @@ def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE) -> CertifyR
             "data": [{k: enc(v) for k, v in row.items()} for row in data],
             "mu": enc(mu), "s": enc(s), "r": enc(r), "t": enc(t), "delta": enc(delta), "margin": enc(margin),
             "uncertified": {"N": N, "prompt_params_needed": N * d}}
-    verdict = self_check(cert)
-    if not verdict.valid:
-        return CertifyResult("L2", "unknown", f"exact check failed: {verdict.reason}")
-    return CertifyResult("L2", "certified", f"every prompt shorter than {N} tokens ({N * d} parameters) keeps a "
-                         f"layer-output error >= {float(margin):.6g}; checked", margin=margin, delta=delta,
-                         certificate=cert)
+    return checked_result("L2", cert, f"every prompt shorter than {N} tokens ({N * d} parameters) keeps a "
+                          f"layer-output error >= {float(margin):.6g}; checked", margin=margin, delta=delta)

@@ -23,7 +23,7 @@ from ..checkers import CERT_FORMAT
 from .l1 import DEFAULT_TOLERANCE, CertifyResult
 from .mlp import MLPWeights, branch_lipschitz, evaluate_exact, invert
 from .rational import frac_str, matmul, matvec, positive_definite, qmat, qvec, sqrt_bounds, transpose
-from .selfcheck import self_check
+from .selfcheck import checked_result
 from .softmax_bounds import attention_enclosure
 
 
@@ -93,24 +93,49 @@ def example_boxes(inst: Instance, value_map: list, preimages: list) -> tuple[lis
     return out, kappa
 
 
-def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERANCE) -> CertifyResult:
-    """Certify that no update of W_v of rank <= `rank` gets the last-position error below a margin."""
-    why = hypotheses(inst, rank)
-    if why is not None:
-        return CertifyResult("LV", "not-applicable", why)
-    d, N = inst.spec.d, len(inst.dataset)
+@dataclass(frozen=True)
+class ValueFacts:
+    """The part of LV's certificate that no rank changes, for one instance: the preimage points
+    H~ (exact), kappa, the exact Gram matrix R~ R~^T of the midpoint residuals, the squared
+    Frobenius bound of the enclosure error, and R's float64 SVD (which picks Q and s)."""
+    H: list
+    kappa: Fraction
+    G: list
+    width2: Fraction
+    U: np.ndarray
+    S: np.ndarray
+
+
+def value_facts(inst: Instance, residual: tuple | None = None) -> ValueFacts:
+    """ValueFacts of an instance that meets LV's hypotheses: the preimages and exact enclosures,
+    computed once for every rank the caller certifies (`residual`: residual_matrix(inst), when the
+    caller has it)."""
+    d = inst.spec.d
     p = "layers.0.heads.0."
     Wv = qmat(inst.weights[p + "Wv"])
     V = matmul(qmat(inst.weights[p + "Wo"]), Wv) if p + "Wo" in inst.weights else Wv
-    R_float, preimages, _ = residual_matrix(inst)
+    R_float, preimages, _ = residual if residual is not None else residual_matrix(inst)
     H_cert = [qvec(H) for H in preimages]
     boxes, kappa = example_boxes(inst, V, H_cert)
     columns = [[h - x - (a + b) / 2 for h, x, a, b in zip(box.H, box.last, box.lo, box.hi)] for box in boxes]
     width2 = sum((sum(((box.rho + (b - a) / 2) ** 2 for a, b in zip(box.lo, box.hi)), Fraction(0))
                   for box in boxes), Fraction(0))
-    U, S, _ = np.linalg.svd(R_float)
-    Q = [qvec(U[:, j]) for j in range(rank + 1)]                                      # r+1 columns, each (d,)
     G = [[sum((ci[a] * ci[b] for ci in columns), Fraction(0)) for b in range(d)] for a in range(d)]  # R~ R~^T
+    U, S, _ = np.linalg.svd(R_float)
+    return ValueFacts(H_cert, kappa, G, width2, U, S)
+
+
+def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERANCE,
+               facts: ValueFacts | None = None) -> CertifyResult:
+    """Certify that no update of W_v of rank <= `rank` gets the last-position error below a margin
+    (`facts`: value_facts(inst), when the caller certifies several ranks)."""
+    why = hypotheses(inst, rank)
+    if why is not None:
+        return CertifyResult("LV", "not-applicable", why)
+    d, N = inst.spec.d, len(inst.dataset)
+    f = facts if facts is not None else value_facts(inst)
+    H_cert, kappa, G, width2, U, S = f.H, f.kappa, f.G, f.width2, f.U, f.S
+    Q = [qvec(U[:, j]) for j in range(rank + 1)]                                      # r+1 columns, each (d,)
     QtGQ = [[sum((qi[a] * sum((G[a][b] * qj[b] for b in range(d)), Fraction(0)) for a in range(d)), Fraction(0))
              for qj in Q] for qi in Q]
     QtQ = [[sum((a * b for a, b in zip(qi, qj)), Fraction(0)) for qj in Q] for qi in Q]
@@ -134,20 +159,17 @@ def certify_lv(inst: Instance, rank: int = 1, tolerance: float = DEFAULT_TOLERAN
             "margin": enc(margin),
             "uncertified": {"sigma_float": [float(x) for x in S], "kappa": float(kappa),
                             "threshold_rank_float": int(np.sum(S > 1e-9 * max(1.0, float(S[0]))))}}
-    verdict = self_check(cert)
-    if not verdict.valid:
-        return CertifyResult("LV", "unknown", f"exact check failed: {verdict.reason}")
-    return CertifyResult("LV", "certified", f"every update of W_v of rank <= {rank} keeps a last-position error >= "
-                         f"{float(margin):.6g} (sigma_{rank + 1} >= {float(s - e):.3g}); checked", margin=margin,
-                         certificate=cert)
+    return checked_result("LV", cert, f"every update of W_v of rank <= {rank} keeps a last-position error >= "
+                          f"{float(margin):.6g} (sigma_{rank + 1} >= {float(s - e):.3g}); checked", margin=margin)
 
 
-def construct_update(inst: Instance, rank: int) -> dict[str, np.ndarray]:
+def construct_update(inst: Instance, rank: int, residual: tuple | None = None) -> dict[str, np.ndarray]:
     """The ceiling's construction, as a LoRA adapter on W_v of `rank`: Delta = R U^+ truncated to
     its best rank-`rank` part (Wo^{-1} first when the head has Wo), which fits every example
     exactly when R's rows lie in U's row space and rank(R) <= rank (planted instances). It is a
-    candidate witness only: the interval replay of the exact model decides whether it memorizes."""
-    R, _, U = residual_matrix(inst)
+    candidate witness only: the interval replay of the exact model decides whether it memorizes
+    (`residual`: residual_matrix(inst), when the caller has it)."""
+    R, _, U = residual if residual is not None else residual_matrix(inst)
     p = "layers.0.heads.0."
     if p + "Wo" in inst.weights:
         R = np.linalg.solve(inst.weights[p + "Wo"], R)

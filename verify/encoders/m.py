@@ -16,7 +16,7 @@ import numpy as np
 from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
-from .selfcheck import self_check
+from .selfcheck import checked_result
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
 from .rational import frac_str, matmul, positive_definite, qmat, sqrt_bounds, transpose
 
@@ -253,12 +253,9 @@ def certify_m(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, bound: float
             "instance_sha256": digest(inst), "pair": [i, j], "B": frac_str(B),
             "r0": frac_str(r0), "layers": [lb.to_json() for lb in bounds], "D": frac_str(D), "t": frac_str(t),
             "margin": frac_str(margin), "uncertified": info}
-    verdict = self_check(cert)
-    if not verdict.valid:
-        return CertifyResult("M", "unknown", f"exact check failed: {verdict.reason}")
-    return CertifyResult("M", "certified", f"every prompt with token norms <= {float(B):g} keeps a max error >= "
-                         f"{float(margin):.6g} (lower Lipschitz {float(ch.c):.4g}); checked", margin=margin,
-                         delta=margin, certificate=cert)
+    return checked_result("M", cert, f"every prompt with token norms <= {float(B):g} keeps a max error >= "
+                          f"{float(margin):.6g} (lower Lipschitz {float(ch.c):.4g}); checked", margin=margin,
+                          delta=margin)
 
 
 def _det(M: list[list[Fraction]]) -> Fraction:

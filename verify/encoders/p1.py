@@ -9,7 +9,7 @@ from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
 from .l1 import CertifyResult
-from .selfcheck import self_check
+from .selfcheck import checked_result
 
 
 def hypotheses(inst: Instance) -> str | None:
@@ -28,10 +28,7 @@ def certify_p1(inst: Instance, tolerance: float = 0.0) -> CertifyResult:
     p1 = inst.meta["p1"]
     cert = {"format": CERT_FORMAT, "claim": "P1", "instance": to_dict(inst), "instance_sha256": digest(inst),
             "method": p1["method"], "prefix_length": int(p1["length"]), "margin": 0}
-    verdict = self_check(cert)
-    if not verdict.valid:
-        return CertifyResult("P1", "unknown", f"exact check failed: {verdict.reason}")
-    return CertifyResult("P1", "certified", verdict.reason, certificate=cert)
+    return checked_result("P1", cert)
 
 
 def layer2_prompt_values(inst: Instance, prompt: np.ndarray, example: int) -> np.ndarray:
