@@ -23,7 +23,9 @@ needs (approximately); delta is the radius. Variables: v (u = V v), and per memb
 Multipliers y with A^T y = 0 and b^T y < 0 prove the system infeasible: for every prompt of
 every length some member's attention output z_i is farther than delta from c_i (max norm).
 With the residual MLP's branch Lipschitz bound kappa < 1 and r_i = MLP(x_0 + c_i) - y_i
-computed exactly, the layer-output error is then > (1 - kappa) delta - max_i ||r_i||.
+computed exactly, the layer-output error is then > min_i (1 - kappa) delta - ||r_i||; a
+certificate with cell trees of the delta-spheres ("sphere", verify/checkers/l1_sphere.py)
+replaces (1 - kappa) delta by the larger proven rho_i of member i.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from .exact import BeyondLimits, attention_box, exp_bounds, get, head_logits, matvec, mtv, vec
 from .instance import Instance, Layer
+from .l1_sphere import MAX_LEAVES, sphere_floor
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
 
@@ -157,7 +160,7 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
     # 1. the problem data: tokens after positional encoding, boxes, normalisers, residuals
     x0 = None
     rows = []  # per member: (c, a_lo, a_hi, S_lo, S_hi)
-    residual = Fraction(0)
+    centres, residuals = [], []  # per member: P_i = x_0 + c_i and ||MLP(P_i) - y_i||_inf
     for idx, (i, entry) in enumerate(zip(members, data)):
         X_raw, Y = inst.dataset[i]
         X = inst.encoded(X_raw)
@@ -179,8 +182,8 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
         for k in range(d):
             if not (a_lo[k] <= lo[k] and hi[k] <= a_hi[k]):
                 return CheckResult(False, f"member {i}: the attention box does not enclose a_i (coordinate {k})")
-        r = [o - t for o, t in zip(mlp(layer, [a + b for a, b in zip(x0, c)]), Y[-1])]
-        residual = max(residual, max(abs(v) for v in r))
+        centres.append([a + b for a, b in zip(x0, c)])
+        residuals.append(max(abs(o - t) for o, t in zip(mlp(layer, centres[-1]), Y[-1])))
         S_lo = S_hi = None
         if shared:
             S_lo = rational(get(entry, "S_lo", "data"), f"data[{idx}].S_lo")
@@ -220,9 +223,21 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
     k = kappa(layer)
     if k >= 1:
         return CheckResult(False, "the MLP branch bound kappa is not below 1")
-    margin = (1 - k) * delta - residual
+    floors = [(1 - k) * delta] * len(members)
+    how = "(1 - kappa) delta"
+    sphere = cert.get("sphere")
+    if sphere is not None:  # the MLP's local behaviour on each member's delta-sphere (l1_sphere.py)
+        trees = get(sphere, "trees", "sphere")
+        if not isinstance(trees, list) or len(trees) != len(members):
+            raise MalformedCertificate("sphere.trees: expected one list of face trees per member")
+        budget = [MAX_LEAVES]
+        floors = [max(f, sphere_floor(layer, P, delta, t, f"sphere.trees[{i}]", budget))
+                  for i, (f, P, t) in enumerate(zip(floors, centres, trees))]
+        how = "the sphere's cell trees"
+    margin = min(f - r for f, r in zip(floors, residuals))
     if margin <= 0:
         return CheckResult(False, "no positive margin at the layer output")
     if claimed > margin:
         return CheckResult(False, f"claimed margin {float(claimed):.6g} exceeds the verified {float(margin):.6g}", margin)
-    return CheckResult(True, f"infeasible at delta={float(delta):.6g}; layer-output margin {float(margin):.6g}", margin)
+    return CheckResult(True, f"infeasible at delta={float(delta):.6g}; layer-output margin {float(margin):.6g} "
+                       f"(through {how})", margin)

@@ -20,6 +20,7 @@ from scipy.optimize import linprog
 from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
+from .l1_sphere import DEFAULT_BUDGET, SphereBudget, sphere_trees
 from .selfcheck import self_check
 from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
 from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
@@ -67,6 +68,8 @@ class _Data:
     residual: Fraction  # max_i ||MLP(x_0 + c_i) - y_i||_inf, exact
     key: list = field(default_factory=list)  # k = Wk^T Wq x_0: the logit of a prompt token p is <p, k>
     g: list | None = None                    # V^T g = k exactly, when k is in range(V^T)
+    centres: list = field(default_factory=list)    # per member P_i = x_0 + c_i, exact
+    residuals: list = field(default_factory=list)  # per member ||MLP(P_i) - y_i||_inf, exact
 
 
 def _group(inst: Instance) -> tuple[int, ...]:
@@ -116,8 +119,7 @@ def _problem_data(inst: Instance, members: tuple[int, ...]) -> _Data:
     Wq, Wk = qmat(w[p + "Wq"]), qmat(w[p + "Wk"])
     mlp = MLPWeights.of_layer(inst.spec.mlp, w)
     E = qmat(w["positional"]) if inst.spec.positions else None
-    c, a_lo, a_hi, S_lo, S_hi, all_logits = [], [], [], [], [], []
-    residual = Fraction(0)
+    c, a_lo, a_hi, S_lo, S_hi, all_logits, centres, residuals = [], [], [], [], [], [], [], []
     x0 = None
     for i in members:
         X = qmat(inst.dataset[i].X)
@@ -136,14 +138,21 @@ def _problem_data(inst: Instance, members: tuple[int, ...]) -> _Data:
         x0_float = np.array([float(v) for v in x0])
         ci = qvec(invert(mlp, y) - x0_float)
         c.append(ci)
-        out = _mlp_exact(mlp, [a + b for a, b in zip(x0, ci)])
-        residual = max(residual, max(abs(o - t) for o, t in zip(out, qvec(y))))
+        centres.append([a + b for a, b in zip(x0, ci)])
+        out = _mlp_exact(mlp, centres[-1])
+        residuals.append(max(abs(o - t) for o, t in zip(out, qvec(y))))
     shift = Fraction(round(max(float(l) for ls in all_logits for l in ls)))
     for logits in all_logits:
         lo, hi = sum_exp_enclosure(logits, shift)
         S_lo.append(lo)
         S_hi.append(hi)
-    return _Data(members, V, c, a_lo, a_hi, S_lo, S_hi, shift, branch_lipschitz(mlp), residual, key=key_direction)
+    return _Data(members, V, c, a_lo, a_hi, S_lo, S_hi, shift, branch_lipschitz(mlp), max(residuals),
+                 key=key_direction, centres=centres, residuals=residuals)
+
+
+def _global_margin(data: _Data, delta: Fraction) -> Fraction:
+    """The layer-output margin through the MLP's global inverse-Lipschitz bound: (1 - kappa) delta - residual."""
+    return (1 - data.kappa) * delta - data.residual
 
 
 def _mlp_exact(mlp: MLPWeights, h: Vec) -> Vec:
@@ -402,8 +411,13 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
 
 
 def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERANCE,
-            timeout_ms: int = 60_000, decide_injectivity: bool = False) -> CertifyResult:
-    """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin."""
+            timeout_ms: int = 60_000, decide_injectivity: bool = False,
+            sphere: SphereBudget = DEFAULT_BUDGET) -> CertifyResult:
+    """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin.
+
+    sphere: the branch-and-bound budget of the margin's refinement on each member's delta-sphere
+    (verify/encoders/l1_sphere.py); NO_REFINEMENT keeps the global (1 - kappa) delta.
+    """
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
         raise UnknownNameError("claim", claim, list(CLAIMS))
@@ -415,8 +429,41 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     if claim == "L1+" and result.status in ("certified", "not-certified"):
         sharper = _certify_with_normaliser(inst, data, result, tolerance)
         if sharper is not None:
-            return sharper
+            result = sharper
+    if result.status == "certified" and sphere.leaves > 0:
+        result = _with_sphere(inst, data, result, sphere)
     return result
+
+
+SPHERE_SLACK = 1e-9  # claimed margin below the float one, relative to max(1, delta): rounding of the float bounds
+
+
+def _with_sphere(inst: Instance, data: _Data, result: CertifyResult, budget: SphereBudget) -> CertifyResult:
+    """The certificate with cell trees on each member's delta-sphere, when they prove a larger margin."""
+    delta = result.delta
+    mlp = MLPWeights.of_layer(inst.spec.mlp, inst.weights)
+    base = float((1 - data.kappa) * delta)
+    trees, floors = [], []
+    for P in data.centres:
+        member_trees, rho = sphere_trees(mlp, np.array([float(v) for v in P]), float(delta), budget)
+        trees.append(member_trees)
+        floors.append(max(base, rho))
+    margin_f = min(f - float(r) for f, r in zip(floors, data.residuals)) - SPHERE_SLACK * max(1.0, float(delta))
+    if not margin_f > float(result.margin):
+        return result
+    margin = Fraction(margin_f)
+    cert = dict(result.certificate, margin=frac_str(margin), sphere={"trees": trees})
+    cert["uncertified"] = dict(cert["uncertified"], margin_float=margin_f, global_margin=float(result.margin),
+                               sphere_rho_over_delta=[f / float(delta) for f in floors],
+                               sphere_cells=sum(t.count(-1) for member in trees for t in member))
+    if not self_check(cert).valid:
+        return result
+    old = f"below {float(result.margin):.6g} "
+    reason = result.reason.replace(old, f"below {margin_f:.6g} ", 1).replace(
+        "; checked)", f"; the MLP's local behaviour on the delta-sphere, {cert['uncertified']['sphere_cells']} "
+        f"cells, instead of (1 - kappa) delta, which gives {float(result.margin):.6g}; checked)")
+    return CertifyResult(result.claim, "certified", reason, margin=margin, delta=delta, best_error=result.best_error,
+                         members=result.members, certificate=cert)
 
 
 def _certify_with_normaliser(inst: Instance, data: _Data, plain: CertifyResult,
@@ -428,7 +475,7 @@ def _certify_with_normaliser(inst: Instance, data: _Data, plain: CertifyResult,
     if found is None:
         return None
     delta, pieces = found
-    margin = (1 - data.kappa) * delta - data.residual
+    margin = _global_margin(data, delta)
     if float(margin) <= tolerance or (plain.margin is not None and margin <= plain.margin):
         return None
     cert = _certificate(inst, "L1+", data, delta, margin, None, tolerance, pieces)
@@ -448,7 +495,7 @@ def _exact_certificate(inst: Instance, claim: str, data: _Data, sol: np.ndarray,
     shared = claim == "L1+"
     ys, mh, ml, _, radius = _repair(data, sol, shared)
     delta = min(delta, radius)
-    margin = (1 - data.kappa) * delta - data.residual
+    margin = _global_margin(data, delta)
     if float(margin) <= tolerance:
         return None
     cert = _certificate(inst, claim, data, delta, margin, _multipliers_from(data, ys, mh, ml, delta, shared),
@@ -459,13 +506,12 @@ def _exact_certificate(inst: Instance, claim: str, data: _Data, sol: np.ndarray,
 def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, timeout_ms: int) -> CertifyResult:
     """L1, or L1+ without the normaliser bound: bisection, exact multipliers, independent check."""
     shared = claim == "L1+"
-    one_minus_kappa = 1 - data.kappa
     best, sol = _bisect(data, shared)
     if sol is None or best <= 0:
         return CertifyResult(claim, "not-certified", "the relaxation is feasible at delta = 0: some prompt may "
                              "memorize the data (no certificate can exist)", best_error=0.0, members=data.members)
     delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
-    margin = one_minus_kappa * delta - data.residual
+    margin = _global_margin(data, delta)
     if float(margin) <= tolerance:
         return CertifyResult(claim, "not-certified",
                              f"best layer-output margin {float(margin):.3g} is not above the tolerance {tolerance:g}",
@@ -483,7 +529,7 @@ def _certify_plain(inst: Instance, claim: str, data: _Data, tolerance: float, ti
     else:
         how = "z3 exact dual"
         delta = Fraction(best) * (1 - Fraction(CERT_SHRINK))
-        margin = one_minus_kappa * delta - data.residual
+        margin = _global_margin(data, delta)
         mult = _z3_multipliers(data, delta, shared, timeout_ms)
         if mult == "unsat":
             return CertifyResult(claim, "not-certified", f"z3: no multipliers exist at attention radius "

@@ -1,0 +1,110 @@
+"""Branch and bound over the delta-sphere: the L1 margin from the MLP's exact local behaviour.
+
+The checker's argument (verify/checkers/l1_sphere.py): a member whose attention output leaves
+the ball ||h - P|| <= delta has layer-output distance from g(P) at least rho = min over the
+sphere of ||g(s) - g(P)||_inf, against the global (1 - kappa) delta. This module finds, in
+float64, cell trees on the sphere's 2d faces whose exact cell bounds make rho large: best-first,
+it splits the cell with the lowest bound along its widest free coordinate, until a leaf budget or
+a time budget is spent or the lowest bound is within a relative gap of the best sphere point
+seen (no split can gain more). A tree cut short is still a valid cover; its rho is the minimum
+over the cells it has. Only the checker's exact arithmetic decides.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .mlp import MLPWeights
+
+LEAF = -1
+
+
+@dataclass(frozen=True)
+class SphereBudget:
+    """How hard the branch and bound tries, per member (an option with defaults)."""
+    leaves: int = 400        # cells per member's sphere, all faces together
+    seconds: float = 2.0     # wall-clock per member; the tree found so far is kept
+    gap: float = 1e-3        # stop when the lowest cell bound is within this relative gap of a sphere point
+
+
+DEFAULT_BUDGET = SphereBudget()
+NO_REFINEMENT = SphereBudget(leaves=0)
+
+
+def _bound(W1: np.ndarray, W2: np.ndarray, pre0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Float lower bound of ||g(P + e) - g(P)||_inf over lo <= e <= hi, as the checker computes it exactly."""
+    r0 = np.maximum(pre0, 0.0)                                       # (m,)
+    p_lo = pre0 + np.maximum(W1, 0) @ lo + np.minimum(W1, 0) @ hi    # (m,)
+    p_hi = pre0 + np.maximum(W1, 0) @ hi + np.minimum(W1, 0) @ lo    # (m,)
+    active, inactive = p_lo >= 0, p_hi <= 0
+    unstable = ~active & ~inactive
+    A = np.eye(len(lo)) + W2[:, active] @ W1[active]                 # (d, d)
+    const = W2[:, active] @ (pre0[active] - r0[active]) - W2[:, inactive] @ r0[inactive]  # (d,)
+    t_lo, t_hi = -r0[unstable], p_hi[unstable] - r0[unstable]        # (u,)
+    Wu = W2[:, unstable]                                             # (d, u)
+    out_lo = np.maximum(A, 0) @ lo + np.minimum(A, 0) @ hi + const + np.maximum(Wu, 0) @ t_lo + np.minimum(Wu, 0) @ t_hi
+    out_hi = np.maximum(A, 0) @ hi + np.minimum(A, 0) @ lo + const + np.maximum(Wu, 0) @ t_hi + np.minimum(Wu, 0) @ t_lo
+    return float(max(0.0, np.max(out_lo), np.max(-out_hi)))
+
+
+def _point(mlp: MLPWeights, P: np.ndarray, e: np.ndarray) -> float:
+    """||g(P + e) - g(P)||_inf at one sphere point: an upper bound of rho (float)."""
+    def branch(h: np.ndarray) -> np.ndarray:
+        return mlp.W2 @ np.maximum(mlp.W1 @ h + mlp.b1, 0)           # (d,)
+    return float(np.max(np.abs(e + branch(P + e) - branch(P))))
+
+
+def sphere_trees(mlp: MLPWeights, P: np.ndarray, delta: float, budget: SphereBudget = DEFAULT_BUDGET
+                 ) -> tuple[list[list[int]], float]:
+    """Per face, a preorder cell tree (the checker's format), and the float rho it proves."""
+    W1, W2 = np.asarray(mlp.W1, float), np.asarray(mlp.W2, float)
+    d = len(P)
+    pre0 = W1 @ P + np.asarray(mlp.b1, float)                        # (m,)
+    children: dict[int, tuple[int, int, int]] = {}                   # node -> (split coordinate, left, right)
+    heap, roots, upper = [], [], np.inf
+    for face in range(2 * d):
+        j, sign = face // 2, (1.0 if face % 2 == 0 else -1.0)
+        lo, hi = np.full(d, -delta), np.full(d, delta)
+        lo[j] = hi[j] = sign * delta
+        roots.append(face)
+        heap.append((_bound(W1, W2, pre0, lo, hi), face, lo, hi, j))
+        upper = min(upper, _point(mlp, P, (lo + hi) / 2))
+    heapq.heapify(heap)
+    node, leaves, deadline = 2 * d, 2 * d, time.monotonic() + budget.seconds
+    while leaves < budget.leaves and time.monotonic() < deadline and d > 1:
+        low, ident, lo, hi, j = heap[0]
+        if low >= upper * (1 - budget.gap):
+            break
+        heapq.heappop(heap)
+        width = hi - lo
+        width[j] = -1.0
+        k = int(np.argmax(width))
+        mid = (lo[k] + hi[k]) / 2
+        halves = []
+        for a, b in ((lo[k], mid), (mid, hi[k])):
+            l2, h2 = lo.copy(), hi.copy()
+            l2[k], h2[k] = a, b
+            heapq.heappush(heap, (_bound(W1, W2, pre0, l2, h2), node, l2, h2, j))
+            upper = min(upper, _point(mlp, P, (l2 + h2) / 2))
+            halves.append(node)
+            node += 1
+        children[ident] = (k, *halves)
+        leaves += 1
+    return [_preorder(root, children) for root in roots], heap[0][0]
+
+
+def _preorder(root: int, children: dict[int, tuple[int, int, int]]) -> list[int]:
+    out, stack = [], [root]
+    while stack:
+        n = stack.pop()
+        if n in children:
+            k, left, right = children[n]
+            out.append(k)
+            stack += [right, left]
+        else:
+            out.append(LEAF)
+    return out
