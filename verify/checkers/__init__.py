@@ -30,7 +30,7 @@ from .result import CheckResult
 CERT_FORMAT = "peftaudit.certificate/1"
 COMMON = {"format", "claim", "instance", "instance_sha256", "margin", "uncertified"}
 KEYS = {
-    "L1": COMMON | {"members", "delta", "data", "multipliers", "sphere"},
+    "L1": COMMON | {"members", "delta", "data", "multipliers", "sphere", "shared_normaliser", "logit_shift", "pieces"},
     "L1+": COMMON | {"members", "delta", "data", "multipliers", "logit_shift", "pieces", "sphere"},
     "L2": COMMON | {"positions", "data", "mu", "s", "r", "t", "delta"},
     "M": COMMON | {"pair", "B", "r0", "D", "t", "layers"},

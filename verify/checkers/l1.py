@@ -15,7 +15,8 @@ needs (approximately); delta is the radius. Variables: v (u = V v), and per memb
     Qhi_i : q_i - s_i a_hi_i <= 0                    (>= 0)
     Qlo_i : -q_i + s_i a_lo_i <= 0                   (>= 0)
     S_i   : -s_i <= 0                                (>= 0)
-  L1+ only (s_i = sigma S_i with S_i in [S_lo_i, S_hi_i], S_i = sum_j exp(logit_ij - shift)):
+  With the shared normaliser (L1+, or an L1 certificate with "shared_normaliser": true;
+  s_i = sigma S_i with S_i in [S_lo_i, S_hi_i], S_i = sum_j exp(logit_ij - shift)):
     Mhi_i : s_i - sigma S_hi_i <= 0                  (>= 0)
     Mlo_i : -s_i + sigma S_lo_i <= 0                 (>= 0)
     N     : -sigma <= 0                              (>= 0)
@@ -135,9 +136,17 @@ def _farkas(mult: Any, rows: list, V: list, key: list, delta: Fraction, shared: 
     return None
 
 
+def _shared_normaliser(cert: dict) -> bool:
+    """An L1 certificate may use the L1+ system (the same statement, a tighter relaxation)."""
+    flag = cert.get("shared_normaliser", False)
+    if not isinstance(flag, bool):
+        raise MalformedCertificate("shared_normaliser: expected true or false")
+    return flag
+
+
 def check_l1(cert: dict, inst: Instance) -> CheckResult:
     """Re-verify an L1 or L1+ certificate against its (validated) embedded instance."""
-    shared = cert["claim"] == "L1+"
+    shared = cert["claim"] == "L1+" or _shared_normaliser(cert)
     why = single_layer_problem(inst)
     if why:
         return CheckResult(False, why)
@@ -200,7 +209,7 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
             return CheckResult(False, why)
     else:
         if not shared or not isinstance(pieces, list) or not pieces:
-            raise MalformedCertificate("pieces: expected a non-empty list (L1+ only)")
+            raise MalformedCertificate("pieces: expected a non-empty list (with the shared normaliser only)")
         bounds = []
         for j, piece in enumerate(pieces):
             ends = [None if get(piece, k, f"pieces[{j}]") is None else rational(piece[k], f"pieces[{j}].{k}")

@@ -10,7 +10,7 @@ The linear system is documented in verify/checkers/l1.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -412,11 +412,14 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
 
 def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERANCE,
             timeout_ms: int = 60_000, decide_injectivity: bool = False,
-            sphere: SphereBudget = DEFAULT_BUDGET) -> CertifyResult:
+            sphere: SphereBudget = DEFAULT_BUDGET, normaliser: bool | None = None) -> CertifyResult:
     """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin.
 
     sphere: the branch-and-bound budget of the margin's refinement on each member's delta-sphere
     (verify/encoders/l1_sphere.py); NO_REFINEMENT keeps the global (1 - kappa) delta.
+    normaliser: use the prompt's shared normaliser (the L1+ system). None: always for L1+; for L1,
+    both systems are tried and the larger radius kept (the same statement about the same model;
+    the certificate then says "shared_normaliser": true).
     """
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
@@ -425,14 +428,39 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     if why is not None:
         return CertifyResult(claim, "not-applicable", why)
     data = _problem_data(inst, _group(inst))
-    result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
-    if claim == "L1+" and result.status in ("certified", "not-certified"):
-        sharper = _certify_with_normaliser(inst, data, result, tolerance)
-        if sharper is not None:
-            result = sharper
+    use_shared = claim == "L1+" or normaliser is not False
+    result = _certify_plain(inst, claim, data, tolerance, timeout_ms) if normaliser is not True or claim == "L1+" \
+        else None
+    if use_shared:
+        shared = _certify_shared(inst, data, tolerance, timeout_ms)
+        if claim == "L1":
+            shared = _as_l1(shared)
+        if result is None or (shared.status == "certified" and (result.status != "certified" or shared.delta > result.delta)):
+            result = shared
     if result.status == "certified" and sphere.leaves > 0:
         result = _with_sphere(inst, data, result, sphere)
     return result
+
+
+def _certify_shared(inst: Instance, data: _Data, tolerance: float, timeout_ms: int) -> CertifyResult:
+    """The L1+ system: plain, then sharpened by the normaliser bound's pieces when they do better."""
+    result = _certify_plain(inst, "L1+", data, tolerance, timeout_ms)
+    if result.status in ("certified", "not-certified"):
+        sharper = _certify_with_normaliser(inst, data, result, tolerance)
+        if sharper is not None:
+            return sharper
+    return result
+
+
+def _as_l1(result: CertifyResult) -> CertifyResult:
+    """An L1+-system result restated as an L1 certificate (claim "L1", "shared_normaliser": true), re-checked."""
+    if result.status != "certified":
+        return replace(result, claim="L1")
+    cert = dict(result.certificate, claim="L1", shared_normaliser=True)
+    if not self_check(cert).valid:
+        return CertifyResult("L1", "unknown", "the shared-normaliser certificate did not check as an L1 certificate")
+    return replace(result, claim="L1", certificate=cert,
+                   reason=result.reason.replace("; checked)", "; the prompt's shared normaliser; checked)", 1))
 
 
 SPHERE_SLACK = 1e-9  # claimed margin below the float one, relative to max(1, delta): rounding of the float bounds
