@@ -29,9 +29,16 @@ def test_l1_family_is_certified_and_the_certificate_checks(inst, claim):
 
 def test_parallel_rays_have_no_robust_l1_margin_but_l1_plus_has_one():
     inst = l1_instance(np.random.default_rng(2), 2, "parallel")
-    assert certify(inst, "L1").status == "not-certified"
+    assert certify(inst, "L1", normaliser=False).status == "not-certified"
     plus = certify(inst, "L1+")
     assert plus.status == "certified" and check_certificate(plus.certificate).valid
+    # L1 tries both relaxations: the shared normaliser certifies it, as an L1 certificate that says so
+    l1 = certify(inst, "L1")
+    assert l1.status == "certified" and l1.certificate["claim"] == "L1" and l1.certificate["shared_normaliser"]
+    assert check_certificate(l1.certificate).valid
+    lying = copy.deepcopy(l1.certificate)
+    del lying["shared_normaliser"]  # the same multipliers read in the plain system do not prove it
+    assert not check_certificate(lying).valid
 
 
 def _number_paths(obj, path=()):
