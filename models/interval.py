@@ -98,12 +98,18 @@ def _add(A: IMat, B: IMat) -> IMat:
 EXP_CAP = 10_000  # exp arguments beyond +-EXP_CAP are bounded by monotonicity, never evaluated
 
 
+LONG_ROW = 32  # rows longer than this use the enclosure whose cost is linear in the row
+
+
 def _softmax(logits: IVec) -> IVec:
-    """Enclosure of softmax: w_j = 1 / sum_k exp(l_k - l_j), each exp enclosed.
+    """Enclosure of softmax: w_j = 1 / sum_k exp(l_k - l_j), each exp enclosed (quadratic in the
+    row; a longer row than LONG_ROW takes _softmax_linear).
 
     Differences far outside [-EXP_CAP, EXP_CAP] are bounded by monotonicity, so a huge logit costs
     nothing: a term with argument below -EXP_CAP lies in [0, exp(-EXP_CAP)], and a term whose
     argument may exceed EXP_CAP makes w_j <= 1 / exp(lower end), w_j >= 0."""
+    if len(logits) > LONG_ROW:
+        return _softmax_linear(logits)
     cap = iv.mpf(EXP_CAP)
     tiny = iv.exp(-cap).b
     out = []
@@ -131,6 +137,29 @@ def _softmax(logits: IVec) -> IVec:
         else:
             out.append(1 / iv.fsum(terms))
     return out
+
+
+def _softmax_linear(logits: IVec) -> IVec:
+    """Enclosure of softmax as e_j / sum_k e_k with e_k = exp(l_k - M), M the largest upper end: one
+    exp per entry (at the working precision the shared e_j widens the quotient negligibly). An
+    argument below -EXP_CAP is bounded by [0, exp(-EXP_CAP)]; none exceeds 0 by more than a
+    logit's own width, and the largest term's lower end keeps the sum away from 0."""
+    M = max(ends(lk)[1] for lk in logits)
+    tiny = iv.exp(-iv.mpf(EXP_CAP)).b
+    terms = []
+    for lk in logits:
+        arg = lk - _rational(M)
+        lo, hi = ends(arg)
+        if hi < -EXP_CAP:
+            terms.append(iv.mpf([0, tiny]))
+        elif lo < -EXP_CAP:
+            terms.append(iv.mpf([0, iv.exp(_rational(hi)).b]))
+        else:
+            terms.append(iv.exp(arg))
+    total = iv.fsum(terms)
+    if ends(total)[0] <= 0:  # cannot happen (the term at M is >= exp(-width)); stay sound anyway
+        return [iv.mpf([0, 1]) for _ in logits]
+    return [t / total for t in terms]
 
 
 def _relu(x):
@@ -189,8 +218,10 @@ def _product(factors) -> IMat:
 
 
 def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.ndarray,
-                    adapter: ExactAdapter = ExactAdapter()) -> list[IVec]:
-    """Intervals enclosing the exact model's final states of the n input positions of X (n, d)."""
+                    adapter: ExactAdapter = ExactAdapter(), keep: int | None = None) -> list[IVec]:
+    """Intervals enclosing the exact model's final states of the n input positions of X (n, d), or
+    with `keep` of the last `keep` positions only (the last layer then computes no other position:
+    its softmax costs the square of the tokens per position, so a long prompt stays cheap)."""
     with _precision(PRECISION):
         W = _weights(spec, weights, adapter)
         tokens = [[_iv(x) for x in row] for row in X]
@@ -201,7 +232,9 @@ def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.nd
             prompt = [[_iv(x) for x in row] for row in adapter.prompt]
             m_p = len(prompt)
             tokens = prompt + tokens
+        last = len(spec.layers) - 1
         for li, layer in enumerate(spec.layers):
+            first = len(tokens) - keep if keep is not None and li == last else 0  # positions computed
             heads = []
             for hi, head in enumerate(layer.heads):
                 p = f"layers.{li}.heads.{hi}."
@@ -210,7 +243,7 @@ def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.nd
                 pk, pv = _prefix(adapter, W, li, hi)
                 heads.append((p, head.has_wo, pk, pv, keys, values))
             new_tokens = []
-            for t, query in enumerate(tokens):
+            for t, query in enumerate(tokens[first:], start=first):
                 att = [iv.mpf(0)] * spec.d
                 for p, has_wo, pk, pv, keys, values in heads:
                     visible = slice(None) if spec.attention == "encoder" else slice(0, t + 1)
@@ -225,7 +258,7 @@ def enclose_outputs(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: np.nd
                     h = _layernorm(h)
                 new_tokens.append(_mlp(spec, W, li, h))
             tokens = new_tokens
-        return tokens[m_p:]
+        return tokens if keep is not None else tokens[m_p:]
 
 
 def _prefix(adapter: ExactAdapter, W: Mapping[str, IMat], layer: int, head: int) -> tuple[list, list]:
@@ -252,7 +285,7 @@ def max_error_enclosure(spec: ModelSpec, weights: Mapping[str, np.ndarray], X: n
                         adapter: ExactAdapter = ExactAdapter()) -> tuple[float, float]:
     """(lo, hi) floats with lo <= max |out(X)[last k] - Y| <= hi for the exact model (outward rounded)."""
     with _precision(PRECISION):
-        outs = enclose_outputs(spec, weights, X, adapter)[len(X) - len(Y):]
+        outs = enclose_outputs(spec, weights, X, adapter, keep=len(Y))
         lo = hi = Fraction(0)
         for row, target in zip(outs, Y):
             for o, y in zip(row, target):

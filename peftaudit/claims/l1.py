@@ -29,6 +29,34 @@ def _hypotheses(inst):
     return hypotheses(inst)
 
 
+def reduced_attack_study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
+    """Per instance, the upper side from the exact reduction of prompts of any length to (v, H)
+    (search/reduced_prompt.py), started also from the relaxation's optimal point: the prompt found
+    is replayed in interval arithmetic, and a replayed error below the certified floor is a
+    violation (the claim's ERROR). The sandwich reads the rows as one more falsifier."""
+    from peftaudit.models.methods import get_method
+    from peftaudit.search.engine import rigorous_replay
+    from peftaudit.search.reduced_prompt import attack
+
+    prompt = get_method("prompt")
+    rows, violations = [], []
+    for i, inst in enumerate(instances):
+        cert = certificates.get(i, {})
+        floor = cert.get("margin") if cert.get("status") == "certified" else None
+        found = attack(inst, delta=cert.get("best_error"), seed=[seed, 27, i])
+        if found is None:
+            continue
+        upper = rigorous_replay(prompt, inst, {"prompt": found.prompt})[1]
+        if floor is not None and upper < floor:
+            violations.append(f"instance {i}: the reduced attack's prompt (length {len(found.prompt)}) reaches "
+                              f"{upper:.3g}, below the certified floor {floor:.3g}")
+        log(f"instance {i}: reduced attack {upper:.4g} (length {len(found.prompt)}, from a {found.start} start), "
+            f"floor {floor}")
+        rows.append({"instance": i, "floor": floor, "attack": upper, "length": len(found.prompt), "start": found.start,
+                     "ratio": None if floor is None or upper <= 0 else floor / upper})
+    return {"kind": "reduced-prompt-attack", "rows": rows, "violations": violations}
+
+
 def _certifier(claim_id: str):
     def certify(inst, tolerance: float):
         from peftaudit.verify.encoders.l1 import certify as run
@@ -53,6 +81,7 @@ L1 = register_claim(Claim(
     falsifiers=(MethodRun("prompt"),),
     contrasts=(MethodRun("lora", {"targets": "v"}, (2,)), MethodRun("full", {}, (1,))),
     certify=_certifier("L1"),
+    study=reduced_attack_study,
 ))
 
 L1_PLUS = register_claim(Claim(
@@ -70,4 +99,5 @@ L1_PLUS = register_claim(Claim(
     falsifiers=(MethodRun("prompt"),),
     contrasts=(MethodRun("lora", {"targets": "v"}, (1,)), MethodRun("full", {}, (1,))),
     certify=_certifier("L1+"),
+    study=reduced_attack_study,
 ))
