@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from peftaudit.strategies.instances import l1_instance
 from peftaudit.verify.checkers import MalformedCertificate, check_certificate
+from peftaudit.verify.checkers import cells
 from peftaudit.verify.checkers import l1_sphere as checker_sphere
 from peftaudit.verify.checkers.instance import Layer
 from peftaudit.verify.encoders.l1 import certify
@@ -77,7 +78,7 @@ def test_cell_trees_raise_the_margin_above_the_global_one(deep_certificate):
 def _first_split(cert):
     for m, member in enumerate(cert["sphere"]["trees"]):
         for f, tree in enumerate(member):
-            if tree[0] != checker_sphere.LEAF:
+            if tree[0] != cells.LEAF:
                 return m, f
     raise AssertionError("no tree splits")
 
@@ -115,7 +116,7 @@ def test_malformed_cell_trees_are_refused(deep_certificate, how):
 
 def test_a_coarser_tree_does_not_prove_the_claimed_margin(deep_certificate):
     cert = copy.deepcopy(deep_certificate.certificate)
-    cert["sphere"]["trees"] = [[[checker_sphere.LEAF] for _ in member] for member in cert["sphere"]["trees"]]
+    cert["sphere"]["trees"] = [[[cells.LEAF] for _ in member] for member in cert["sphere"]["trees"]]
     verdict = check_certificate(cert)
     assert not verdict.valid and "exceeds the verified" in verdict.reason
 
@@ -130,11 +131,10 @@ def test_trees_deeper_than_the_limit_or_too_many_cells_are_refused(deep_certific
     cert = copy.deepcopy(deep_certificate.certificate)
     m, f = _first_split(cert)
     other = 0 if f // 2 != 0 else 1
-    cert["sphere"]["trees"][m][f] = [other] * (checker_sphere.MAX_DEPTH + 1) + [-1] * (checker_sphere.MAX_DEPTH + 2)
+    cert["sphere"]["trees"][m][f] = [other] * (cells.MAX_DEPTH + 1) + [-1] * (cells.MAX_DEPTH + 2)
     with pytest.raises(MalformedCertificate, match="deeper"):
         check_certificate(cert)
     monkeypatch.setattr(checker_sphere, "MAX_LEAVES", 3)
-    monkeypatch.setattr("peftaudit.verify.checkers.l1.MAX_LEAVES", 3)
     with pytest.raises(MalformedCertificate, match="cells in all"):
         check_certificate(deep_certificate.certificate)
 

@@ -15,6 +15,7 @@ from peftaudit.strategies.hyp import rngs
 from peftaudit.strategies.instances import l2_instance, planted_prompt_instance
 from peftaudit.instance import digest, from_dict
 from peftaudit.verify.checkers import check_certificate
+from peftaudit.verify.encoders.cells import Budget
 from peftaudit.verify.encoders.l2 import certify_l2
 
 
@@ -108,7 +109,21 @@ def test_lora_variant_is_memorized_by_rank_one_lora_and_never_certified(d, att):
     adapter = {name + ".B": np.array(planted["alpha"]).reshape(d, 1), name + ".A": np.array(planted["beta"])[None]}
     _, err = replay(get_method("lora", targets="v"), inst, adapter)
     assert err < 1e-12
-    assert certify_l2(inst).status != "certified"  # rank [c, a] = N + 1: no robust margin
+    assert certify_l2(inst, pair_budget=Budget(leaves=0)).status != "certified"  # rank [c, a] = N + 1: no Gram margin
+    result = certify_l2(inst)
+    if result.status == "certified":
+        # the structured one-token radius: c_j - a_j = gamma_j alpha with gamma_1 gamma_2 < 0, so no single
+        # token serves both positions; then no one-token prompt found may beat the margin
+        from fractions import Fraction
+        from scipy.optimize import minimize
+        gaps = [np.array([float(Fraction(c)) - (float(Fraction(lo)) + float(Fraction(hi))) / 2
+                          for c, lo, hi in zip(row["c"], row["a_lo"], row["a_hi"])]) for row in result.certificate["data"]]
+        assert float(gaps[0] @ gaps[1]) < 0
+        prompt, rng = get_method("prompt"), np.random.default_rng(0)
+        for _ in range(20):
+            x0 = rng.normal(size=d) * 10 ** rng.uniform(-1, 2)
+            found = minimize(lambda p: replay(prompt, inst, {"prompt": p.reshape(1, d)})[1], x0, method="Nelder-Mead")
+            assert found.fun >= float(result.margin)
 
 
 def test_l2_report_carries_the_parameter_table():

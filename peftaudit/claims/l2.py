@@ -38,8 +38,11 @@ L2 = register_claim(Claim(
     formalization=(
         "Single layer, single head, residual MLP with kappa < 1. For N target positions with attention outputs "
         "a_j and needed outputs c_j, every prompt shorter than N keeps, at some position, an attention error of at "
-        "least sigma_min([c_1..c_N, a_1..a_N]) / sqrt(N d), certified with an exact LDL^T of the Gram matrix; at "
-        "the layer output (1 - kappa) times that, minus the inverse residual. Instances: N = 2 examples with "
+        "least sigma_min([c_1..c_N, a_1..a_N]) / sqrt(N d), certified with an exact LDL^T of the Gram matrix, or "
+        "for N = 2 the larger structured radius of one-token prompts (one token's value serves both positions: "
+        "a cell tree over the two attention weights' split, checked exactly); at the layer output the MLP's "
+        "local floor on each position's radius sphere (cell trees, at least (1 - kappa) times the radius), minus "
+        "the inverse residual. Instances: N = 2 examples with "
         "generic corrections (encoder and causal); contrasts: rank-2 LoRA on W_v and full fine-tuning; "
         "prompts of length N and 2N, which the claim allows, are reported for comparison."),
     kind="cannot",
@@ -74,9 +77,11 @@ L2_LORA = register_claim(Claim(
     formalization=(
         "Targets made by W_v + alpha beta^T (rank 1) at N positions with {a_1..a_N, alpha} independent (N + 1 <= d). "
         "Exactly: w_j = c_j - (1 - lam_j) a_j = lam_j a_j + (beta^T z_j) alpha are independent for lam_j > 0, so "
-        "every memorizing prompt has length >= N (N d parameters), while rank-1 LoRA on W_v needs 2d. There is no "
-        "robust margin (as lam_j -> 0 with prompt norms -> infinity the w_j turn parallel and the error tends to "
-        "0), so nothing is certified and the verdict can only be SURVIVED: search evidence, reported with LoRA's."),
+        "every memorizing prompt has length >= N (N d parameters), while rank-1 LoRA on W_v needs 2d. Where the "
+        "corrections c_j - a_j point the same way along alpha there is no robust margin (as lam_j -> 0 with prompt "
+        "norms -> infinity the w_j turn parallel and the error tends to 0; L2's structured one-token floor "
+        "certifies only the instances where they point opposite ways), so the claim certifies nothing and the "
+        "verdict can only be SURVIVED: search evidence, reported with LoRA's."),
     kind="cannot",
     draw=_draw_lora,
     hypotheses=_lora_hypotheses,

@@ -32,7 +32,7 @@ COMMON = {"format", "claim", "instance", "instance_sha256", "margin", "uncertifi
 KEYS = {
     "L1": COMMON | {"members", "delta", "data", "multipliers", "sphere", "shared_normaliser", "logit_shift", "pieces"},
     "L1+": COMMON | {"members", "delta", "data", "multipliers", "logit_shift", "pieces", "sphere"},
-    "L2": COMMON | {"positions", "data", "mu", "s", "r", "t", "delta"},
+    "L2": COMMON | {"positions", "data", "mu", "s", "r", "t", "delta", "pair_cells", "sphere"},
     "M": COMMON | {"pair", "B", "r0", "D", "t", "layers"},
     "U": COMMON | {"prompt"},
     "Z1": COMMON | {"rank", "Q", "s2", "lower", "below", "at"},

@@ -36,7 +36,7 @@ from typing import Any
 
 from .exact import BeyondLimits, attention_box, exp_bounds, get, head_logits, matvec, mtv, vec
 from .instance import Instance, Layer
-from .l1_sphere import MAX_LEAVES, sphere_floor
+from .l1_sphere import output_margin
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
 
@@ -232,18 +232,7 @@ def check_l1(cert: dict, inst: Instance) -> CheckResult:
     k = kappa(layer)
     if k >= 1:
         return CheckResult(False, "the MLP branch bound kappa is not below 1")
-    floors = [(1 - k) * delta] * len(members)
-    how = "(1 - kappa) delta"
-    sphere = cert.get("sphere")
-    if sphere is not None:  # the MLP's local behaviour on each member's delta-sphere (l1_sphere.py)
-        trees = get(sphere, "trees", "sphere")
-        if not isinstance(trees, list) or len(trees) != len(members):
-            raise MalformedCertificate("sphere.trees: expected one list of face trees per member")
-        budget = [MAX_LEAVES]
-        floors = [max(f, sphere_floor(layer, P, delta, t, f"sphere.trees[{i}]", budget))
-                  for i, (f, P, t) in enumerate(zip(floors, centres, trees))]
-        how = "the sphere's cell trees"
-    margin = min(f - r for f, r in zip(floors, residuals))
+    margin, how = output_margin(layer, k, delta, centres, residuals, cert.get("sphere"))
     if margin <= 0:
         return CheckResult(False, "no positive margin at the layer output")
     if claimed > margin:

@@ -4,12 +4,11 @@ With g(h) = h + W2 relu(W1 h + b1) + b2 and kappa < 1, g is a homeomorphism of R
 attention output leaves the max-norm ball B = {h : ||h - P|| <= delta} around P = x_0 + c, the
 straight segment from g(P) (inside g(B)) to g(h) (outside) crosses g(B)'s boundary g(S), S the
 sphere ||h - P|| = delta; so ||g(h) - g(P)|| >= rho = min over S of ||g(s) - g(P)||, which is at
-least (1 - kappa) delta and on the paper's instances much more.
+least (1 - kappa) delta and on the paper's instances much more (the same holds for ||h - P|| >= delta).
 
 S is 2d faces (coordinate j fixed at +delta or -delta, the others in [-delta, delta]). A
-certificate carries, per face, a bisection tree as a flat preorder list of integers: -1 is a
-leaf, k >= 0 splits the cell's coordinate k (never the face's own) at its midpoint and is
-followed by the left subtree, then the right one. The tree covers its face by construction; on
+certificate carries, per face, a cell tree (cells.py) that never splits the face's own
+coordinate. The tree covers its face by construction; on
 each leaf cell this module bounds ||g(P + e) - g(P)|| from below in exact arithmetic: neurons
 whose pre-activation keeps its sign on the cell contribute exactly (the map is affine there),
 the others an interval; the cell's bound is the largest distance of any output coordinate's
@@ -21,14 +20,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+from .cells import MAX_DEPTH, ONE, Box, leaves
 from .instance import Layer
+from .exact import get
 from .reading import MalformedCertificate
 
-LEAF = -1
-MAX_DEPTH = 64          # splits along one root-to-leaf path
 MAX_LEAVES = 200_000    # leaves in one certificate's trees, all members together
-
-Box = tuple[list[Fraction], list[Fraction]]
 
 
 def _lcm_den(xs) -> int:
@@ -38,37 +35,12 @@ def _lcm_den(xs) -> int:
     return out
 
 
-def _leaves(tree: object, face: int, d: int, where: str) -> list[Box]:
-    """The cells a face's preorder tree describes, as integer offsets N (e = delta N / 2^MAX_DEPTH)."""
-    if not isinstance(tree, list) or not tree:
-        raise MalformedCertificate(f"{where}: expected a non-empty list of integers")
-    j, one = face // 2, 1 << MAX_DEPTH
-    lo, hi = [-one] * d, [one] * d
-    lo[j] = hi[j] = one if face % 2 == 0 else -one
-    stack, out, pos = [(lo, hi, 0)], [], 0
-    while stack:
-        lo, hi, depth = stack.pop()
-        if pos >= len(tree):
-            raise MalformedCertificate(f"{where}: the tree ends before every cell is closed")
-        k = tree[pos]
-        pos += 1
-        if not isinstance(k, int) or isinstance(k, bool):
-            raise MalformedCertificate(f"{where}[{pos - 1}]: expected an integer")
-        if k == LEAF:
-            out.append((lo, hi))
-            continue
-        if not 0 <= k < d or k == j:
-            raise MalformedCertificate(f"{where}[{pos - 1}]: {k} is not a coordinate this face can split")
-        if depth >= MAX_DEPTH:
-            raise MalformedCertificate(f"{where}: deeper than {MAX_DEPTH} splits")
-        mid = (lo[k] + hi[k]) // 2  # exact: a width of 2^(MAX_DEPTH + 1) halves at most MAX_DEPTH times
-        right_lo, left_hi = lo.copy(), hi.copy()
-        right_lo[k] = left_hi[k] = mid
-        stack.append((right_lo, hi, depth + 1))
-        stack.append((lo, left_hi, depth + 1))
-    if pos != len(tree):
-        raise MalformedCertificate(f"{where}: {len(tree) - pos} entries after the last cell")
-    return out
+def _face_cells(tree: object, face: int, d: int, where: str) -> list[Box]:
+    """The cells of a face's tree, as integer offsets N (e = delta N / 2^MAX_DEPTH)."""
+    j = face // 2
+    lo, hi = [-ONE] * d, [ONE] * d
+    lo[j] = hi[j] = ONE if face % 2 == 0 else -ONE
+    return leaves(tree, lo, hi, {j}, where)
 
 
 class _Cell:
@@ -150,7 +122,7 @@ def sphere_floor(layer: Layer, P: list[Fraction], delta: Fraction, trees: object
     cell = _Cell(layer, P, delta)
     rho = None
     for face, tree in enumerate(trees):
-        boxes = _leaves(tree, face, d, f"{where}[{face}]")
+        boxes = _face_cells(tree, face, d, f"{where}[{face}]")
         leaves_left[0] -= len(boxes)
         if leaves_left[0] < 0:
             raise MalformedCertificate(f"{where}: more than {MAX_LEAVES} cells in all")
@@ -158,3 +130,20 @@ def sphere_floor(layer: Layer, P: list[Fraction], delta: Fraction, trees: object
             b = cell.bound(lo, hi)
             rho = b if rho is None else min(rho, b)
     return Fraction(rho, cell.U)
+
+
+def output_margin(layer: Layer, kappa: Fraction, delta: Fraction, centres: list[list[Fraction]],
+                  residuals: list[Fraction], sphere: object) -> tuple[Fraction, str]:
+    """The layer-output margin when some member's attention output is at least delta from its
+    c_i (max norm): min_i floor_i - ||r_i||, floor_i = (1 - kappa) delta or, with the certificate's
+    `sphere` record ({"trees": one list of face trees per member}), the larger proven rho_i."""
+    floors = [(1 - kappa) * delta] * len(centres)
+    if sphere is None:
+        return min(f - r for f, r in zip(floors, residuals)), "(1 - kappa) delta"
+    trees = get(sphere, "trees", "sphere")
+    if not isinstance(trees, list) or len(trees) != len(centres):
+        raise MalformedCertificate("sphere.trees: expected one list of face trees per member")
+    budget = [MAX_LEAVES]
+    floors = [max(f, sphere_floor(layer, P, delta, t, f"sphere.trees[{i}]", budget))
+              for i, (f, P, t) in enumerate(zip(floors, centres, trees))]
+    return min(f - r for f, r in zip(floors, residuals)), "the sphere's cell trees"

@@ -8,7 +8,11 @@ so some unit alpha gives M beta = -sum_j alpha_j e_j with M = [c_1..c_N, a_1..a_
 sigma_min(M) >= s - r: G - mu I is positive definite (exact LDL^T pivots) for G = M~^T M~, with
 M~ the box midpoints, s^2 <= mu, and r^2 >= ||M - M~||_F^2 from the box widths; t^2 N d <= 1.
 Then delta = (s - r) t at the attention output and (1 - kappa) delta - max_j ||r_j|| at the layer
-output, for every prompt shorter than N. Shares no code with the encoder (verify/l2.py).
+output, for every prompt shorter than N. Two optional refinements: for N = 2, a cell tree
+("pair_cells", l2_pair.py) proves the structured radius of one-token prompts, often far above the
+Gram one (the Gram block may then be left out); and cell trees on each position's delta-sphere
+("sphere", l1_sphere.py) replace (1 - kappa) delta by the MLP's proven local floor, per position.
+Shares no code with the encoder (verify/encoders/l2.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from fractions import Fraction
 from .exact import BeyondLimits, attention_box, get, head_logits, positive_definite, vec
 from .instance import Instance
 from .l1 import kappa, mlp, single_layer_problem
+from .l1_sphere import output_margin
+from .l2_pair import pair_floor
 from .reading import MalformedCertificate, rational
 from .result import CheckResult
 
@@ -42,10 +48,10 @@ def check_l2(cert: dict, inst: Instance) -> CheckResult:
             raise MalformedCertificate(f"positions[{idx}]: expected [example, position]")
     if N < 2 or 2 * N > d or len({tuple(p) for p in positions}) != N:
         return CheckResult(False, f"need 2 <= N distinct positions with 2N <= d (N={N}, d={d})")
-    mu, s, r, t = (rational(get(cert, k, "certificate"), k) for k in ("mu", "s", "r", "t"))
     delta = rational(get(cert, "delta", "certificate"), "delta")
     claimed = rational(get(cert, "margin", "certificate"), "margin")
-    columns_c, columns_a, width2, residual = [], [], Fraction(0), Fraction(0)
+    columns_c, columns_a, width2 = [], [], Fraction(0)
+    boxes, centres, residuals = [], [], []  # per position: a_j's box, P_j = x_j + c_j, ||MLP(P_j) - y_j||
     for idx, (pos, entry) in enumerate(zip(positions, data)):
         e, p = pos
         X_raw, Y = inst.dataset[e]
@@ -65,24 +71,40 @@ def check_l2(cert: dict, inst: Instance) -> CheckResult:
         for k in range(d):
             if not (a_lo[k] <= lo[k] and hi[k] <= a_hi[k]):
                 return CheckResult(False, f"position {pos}: the box does not enclose a_j (coordinate {k})")
-        out = mlp(layer, [a + b for a, b in zip(X[p], c)])
-        residual = max(residual, max(abs(o - y) for o, y in zip(out, Y[row])))
+        centres.append([a + b for a, b in zip(X[p], c)])
+        residuals.append(max(abs(o - y) for o, y in zip(mlp(layer, centres[-1]), Y[row])))
+        boxes.append((a_lo, a_hi))
         columns_c.append(c)
         columns_a.append([(lo + hi) / 2 for lo, hi in zip(a_lo, a_hi)])
         width2 += sum(((hi - lo) / 2) ** 2 for lo, hi in zip(a_lo, a_hi))
-    cols = columns_c + columns_a
-    G = [[sum((a * b for a, b in zip(ci, cj)), Fraction(0)) for cj in cols] for ci in cols]
-    if not (mu > 0 and s >= 0 and s * s <= mu and r >= 0 and r * r >= width2 and t > 0 and t * t * N * d <= 1):
-        return CheckResult(False, "the bounds mu, s, r, t are not consistent")
-    if not positive_definite([[g - (mu if i == j else 0) for j, g in enumerate(row)] for i, row in enumerate(G)]):
-        return CheckResult(False, "G - mu I is not positive definite")
-    if not (s > r and 0 < delta <= (s - r) * t):
-        return CheckResult(False, "delta exceeds (s - r) t")
+    radius = Fraction(0)  # the attention radius proved: some position's error is at least this
+    if "mu" in cert or "pair_cells" not in cert:
+        why = _gram_radius(cert, columns_c + columns_a, width2, N, d)
+        if isinstance(why, str):
+            return CheckResult(False, why)
+        radius = why
+    if "pair_cells" in cert:
+        if N != 2:
+            raise MalformedCertificate("pair_cells: only for N = 2 positions")
+        radius = max(radius, pair_floor(columns_c, boxes, cert["pair_cells"], "pair_cells"))
+    if not 0 < delta <= radius:
+        return CheckResult(False, f"delta exceeds the proved attention radius {float(radius):.6g}")
     k = kappa(layer)
     if k >= 1:
         return CheckResult(False, "the MLP branch bound kappa is not below 1")
-    margin = (1 - k) * delta - residual
+    margin, how = output_margin(layer, k, delta, centres, residuals, cert.get("sphere"))
     if margin <= 0 or claimed > margin:
         return CheckResult(False, f"claimed margin {float(claimed):.6g} is not established ({float(margin):.6g})")
-    return CheckResult(True, f"prompts shorter than {N} keep an error >= {float(margin):.6g}", margin,
-                       {"N": N, "prompt_params_needed": N * d})
+    return CheckResult(True, f"prompts shorter than {N} keep an error >= {float(margin):.6g} (through {how})",
+                       margin, {"N": N, "prompt_params_needed": N * d})
+
+
+def _gram_radius(cert: dict, cols: list, width2: Fraction, N: int, d: int) -> Fraction | str:
+    """(s - r) t from the Gram block (mu, s, r, t), re-proved; or why it does not hold."""
+    mu, s, r, t = (rational(get(cert, k, "certificate"), k) for k in ("mu", "s", "r", "t"))
+    G = [[sum((a * b for a, b in zip(ci, cj)), Fraction(0)) for cj in cols] for ci in cols]
+    if not (mu > 0 and s >= 0 and s * s <= mu and r >= 0 and r * r >= width2 and t > 0 and t * t * N * d <= 1):
+        return "the bounds mu, s, r, t are not consistent"
+    if not positive_definite([[g - (mu if i == j else 0) for j, g in enumerate(row)] for i, row in enumerate(G)]):
+        return "G - mu I is not positive definite"
+    return max(s - r, Fraction(0)) * t

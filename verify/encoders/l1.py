@@ -20,7 +20,7 @@ from scipy.optimize import linprog
 from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
-from .l1_sphere import DEFAULT_BUDGET, SphereBudget, sphere_trees
+from .l1_sphere import DEFAULT_BUDGET, SphereBudget, cell_count, refined_margin
 from .selfcheck import self_check
 from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
 from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
@@ -463,27 +463,19 @@ def _as_l1(result: CertifyResult) -> CertifyResult:
                    reason=result.reason.replace("; checked)", "; the prompt's shared normaliser; checked)", 1))
 
 
-SPHERE_SLACK = 1e-9  # claimed margin below the float one, relative to max(1, delta): rounding of the float bounds
-
-
 def _with_sphere(inst: Instance, data: _Data, result: CertifyResult, budget: SphereBudget) -> CertifyResult:
     """The certificate with cell trees on each member's delta-sphere, when they prove a larger margin."""
     delta = result.delta
     mlp = MLPWeights.of_layer(inst.spec.mlp, inst.weights)
-    base = float((1 - data.kappa) * delta)
-    trees, floors = [], []
-    for P in data.centres:
-        member_trees, rho = sphere_trees(mlp, np.array([float(v) for v in P]), float(delta), budget)
-        trees.append(member_trees)
-        floors.append(max(base, rho))
-    margin_f = min(f - float(r) for f, r in zip(floors, data.residuals)) - SPHERE_SLACK * max(1.0, float(delta))
+    margin_f, record, floors = refined_margin(mlp, data.centres, data.residuals, float(data.kappa), float(delta),
+                                              budget)
     if not margin_f > float(result.margin):
         return result
     margin = Fraction(margin_f)
-    cert = dict(result.certificate, margin=frac_str(margin), sphere={"trees": trees})
+    cert = dict(result.certificate, margin=frac_str(margin), sphere=record)
     cert["uncertified"] = dict(cert["uncertified"], margin_float=margin_f, global_margin=float(result.margin),
                                sphere_rho_over_delta=[f / float(delta) for f in floors],
-                               sphere_cells=sum(t.count(-1) for member in trees for t in member))
+                               sphere_cells=cell_count(record))
     if not self_check(cert).valid:
         return result
     old = f"below {float(result.margin):.6g} "

@@ -12,25 +12,13 @@ over the cells it has. Only the checker's exact arithmetic decides.
 
 from __future__ import annotations
 
-import heapq
-import time
-from dataclasses import dataclass
-
 import numpy as np
 
+from .cells import LEAF, Budget, bisect
 from .mlp import MLPWeights
 
-LEAF = -1
 
-
-@dataclass(frozen=True)
-class SphereBudget:
-    """How hard the branch and bound tries, per member (an option with defaults)."""
-    leaves: int = 400        # cells per member's sphere, all faces together
-    seconds: float = 2.0     # wall-clock per member; the tree found so far is kept
-    gap: float = 1e-3        # stop when the lowest cell bound is within this relative gap of a sphere point
-
-
+SphereBudget = Budget  # per member: cells over all faces together, seconds, gap
 DEFAULT_BUDGET = SphereBudget()
 NO_REFINEMENT = SphereBudget(leaves=0)
 
@@ -64,47 +52,33 @@ def sphere_trees(mlp: MLPWeights, P: np.ndarray, delta: float, budget: SphereBud
     W1, W2 = np.asarray(mlp.W1, float), np.asarray(mlp.W2, float)
     d = len(P)
     pre0 = W1 @ P + np.asarray(mlp.b1, float)                        # (m,)
-    children: dict[int, tuple[int, int, int]] = {}                   # node -> (split coordinate, left, right)
-    heap, roots, upper = [], [], np.inf
+    roots = []
     for face in range(2 * d):
         j, sign = face // 2, (1.0 if face % 2 == 0 else -1.0)
         lo, hi = np.full(d, -delta), np.full(d, delta)
         lo[j] = hi[j] = sign * delta
-        roots.append(face)
-        heap.append((_bound(W1, W2, pre0, lo, hi), face, lo, hi, j))
-        upper = min(upper, _point(mlp, P, (lo + hi) / 2))
-    heapq.heapify(heap)
-    node, leaves, deadline = 2 * d, 2 * d, time.monotonic() + budget.seconds
-    while leaves < budget.leaves and time.monotonic() < deadline and d > 1:
-        low, ident, lo, hi, j = heap[0]
-        if low >= upper * (1 - budget.gap):
-            break
-        heapq.heappop(heap)
-        width = hi - lo
-        width[j] = -1.0
-        k = int(np.argmax(width))
-        mid = (lo[k] + hi[k]) / 2
-        halves = []
-        for a, b in ((lo[k], mid), (mid, hi[k])):
-            l2, h2 = lo.copy(), hi.copy()
-            l2[k], h2[k] = a, b
-            heapq.heappush(heap, (_bound(W1, W2, pre0, l2, h2), node, l2, h2, j))
-            upper = min(upper, _point(mlp, P, (l2 + h2) / 2))
-            halves.append(node)
-            node += 1
-        children[ident] = (k, *halves)
-        leaves += 1
-    return [_preorder(root, children) for root in roots], heap[0][0]
+        roots.append((lo, hi, j))
+    return bisect(roots, lambda lo, hi: _bound(W1, W2, pre0, lo, hi), budget,
+                  lambda lo, hi: _point(mlp, P, (lo + hi) / 2))
 
 
-def _preorder(root: int, children: dict[int, tuple[int, int, int]]) -> list[int]:
-    out, stack = [], [root]
-    while stack:
-        n = stack.pop()
-        if n in children:
-            k, left, right = children[n]
-            out.append(k)
-            stack += [right, left]
-        else:
-            out.append(LEAF)
-    return out
+SLACK = 1e-9  # a claimed margin stays this far (relative to max(1, delta)) below the float one: rounding
+
+
+def refined_margin(mlp: MLPWeights, centres: list, residuals: list, kappa: float, delta: float,
+                   budget: SphereBudget = DEFAULT_BUDGET) -> tuple[float, dict, list[float]]:
+    """The float margin that sphere trees around each centre P_i prove when some member's attention
+    output is at least delta from its c_i: min_i max((1 - kappa) delta, rho_i) - ||r_i||, less SLACK;
+    the certificate's "sphere" record; and each member's floor (for reporting)."""
+    trees, floors = [], []
+    for P in centres:
+        member_trees, rho = sphere_trees(mlp, np.array([float(v) for v in P]), delta, budget)
+        trees.append(member_trees)
+        floors.append(max((1 - kappa) * delta, rho))
+    margin = min(f - float(r) for f, r in zip(floors, residuals)) - SLACK * max(1.0, delta)
+    return margin, {"trees": trees}, floors
+
+
+def cell_count(record: dict) -> int:
+    """Leaves in a sphere record (every member, every face)."""
+    return sum(t.count(LEAF) for member in record["trees"] for t in member)
