@@ -8,17 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peftaudit.claims.l1 import reduced_attack_study
+from peftaudit.claims.prompt_attack import reduced_attack_study
 from peftaudit.evidence.outcome import SOLVED_MAX_ERROR
 from peftaudit.models.interval import ExactAdapter, _precision, _softmax, enclose_outputs, ends, PRECISION
 from peftaudit.models.interval import LONG_ROW, _iv
 from peftaudit.models.methods import get_method
 from peftaudit.search.engine import replay, rigorous_replay
-from peftaudit.search.reduced_prompt import MAX_LENGTH, attack, realize, reduced, residuals
+from peftaudit.search.reduced_prompt import MAX_LENGTH, attack, one_token_attack, realize, reduced, residuals
 from peftaudit.settings import get_profile
 from peftaudit.strategies.hyp import l1_instances
-from peftaudit.strategies.instances import l1_instance, planted_prompt_instance
+from peftaudit.strategies.instances import l1_instance, l2_instance, planted_prompt_instance
 from peftaudit.verify.encoders.l1 import certify
+from peftaudit.verify.encoders.l2 import certify_l2
 
 PROMPT = get_method("prompt")
 
@@ -65,8 +66,8 @@ def test_the_study_turns_an_attack_below_a_floor_into_a_violation():
     insts = [l1_instance(np.random.default_rng(s), 3, "skew") for s in range(2)]
     true = {i: certify(inst, "L1").to_json() for i, inst in enumerate(insts)}
     study = reduced_attack_study(insts, true, get_profile("quick"), 0)
-    assert study["violations"] == [] and len(study["rows"]) == 2
-    assert all(0 < r["ratio"] <= 1 for r in study["rows"])
+    assert study["violations"] == [] and len(study["attack_rows"]) == 2
+    assert all(0 < r["ratio"] <= 1 for r in study["attack_rows"])
     lying = {0: dict(true[0], margin=1e6)}  # a floor the attack can show false
     study = reduced_attack_study(insts[:1], lying, get_profile("quick"), 0)
     assert len(study["violations"]) == 1 and "below the certified floor" in study["violations"][0]
@@ -98,3 +99,22 @@ def test_long_softmax_rows_are_enclosed(scale):
             lo, hi = ends(box)
             assert float(lo) <= wi * (1 + 1e-12) + 1e-300 and wi * (1 - 1e-12) <= float(hi)
             assert float(hi - lo) <= 1e-20
+
+
+@pytest.mark.parametrize("attention", ["encoder", "causal"])
+@pytest.mark.parametrize("seed", range(2))
+def test_the_one_token_attack_memorizes_planted_one_token_instances(attention, seed):
+    inst = planted_prompt_instance(np.random.default_rng(seed), 4, 1, attention=attention, tokens=2)
+    found = one_token_attack(inst, seed=seed)
+    assert found is not None and found.prompt.shape == (1, 4)
+    assert rigorous_replay(PROMPT, inst, {"prompt": found.prompt})[1] <= SOLVED_MAX_ERROR
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([4, 6]), st.sampled_from(["encoder", "causal"]))
+def test_the_one_token_attack_never_beats_a_certified_l2_floor(seed, d, attention):
+    inst = l2_instance(np.random.default_rng(seed), d, 2, attention=attention)
+    result = certify_l2(inst)
+    found = one_token_attack(inst, seed=seed, random_starts=8)
+    if result.status == "certified":
+        assert rigorous_replay(PROMPT, inst, {"prompt": found.prompt})[0] >= float(result.margin)

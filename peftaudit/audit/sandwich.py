@@ -13,15 +13,13 @@ from statistics import median
 def sandwich_rows(c: dict) -> list[dict]:
     """Per certified instance: floor, best found by the claim's falsifiers (its replayed max
     error, any size) or by the claim's own attack (L1, L1+: the reduced prompt attack, replayed in
-    interval arithmetic), the run that found it, and the ratio."""
+    interval arithmetic: claims/prompt_attack.py), the run that found it, and the ratio."""
     if c["kind"] != "cannot":
         return []
     best: dict[int, tuple[float, str]] = {}
     candidates = [(r["instance"], r["max_abs_error"], label) for label, rows in c["search"].items() for r in rows]
-    study = c.get("study") or {}
-    if study.get("kind") == "reduced-prompt-attack":  # L1, L1+: prompts of any length, replayed exactly
-        candidates += [(r["instance"], r["attack"], f"prompt, reduced attack (length {r['length']})")
-                       for r in study["rows"]]
+    candidates += [(r["instance"], r["attack"], r["label"])  # the claim's own attack, replayed exactly
+                   for r in (c.get("study") or {}).get("attack_rows", [])]
     for instance, e, label in candidates:
         if e is not None and (instance not in best or e < best[instance][0]):
             best[instance] = (e, label)

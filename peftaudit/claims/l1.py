@@ -8,6 +8,7 @@ from peftaudit.settings import Profile
 from peftaudit.strategies.instances import l1_instance
 
 from .base import Claim, MethodRun, register_claim
+from .prompt_attack import reduced_attack_study
 
 SOURCE = "Wang, Chauhan, Wang, Hsieh, 'Universality and Limitations of Prompt Tuning', NeurIPS 2023 (limitations)"
 
@@ -27,34 +28,6 @@ def _draw(variants: tuple[str, ...]):
 def _hypotheses(inst):
     from peftaudit.verify.encoders.l1 import hypotheses
     return hypotheses(inst)
-
-
-def reduced_attack_study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
-    """Per instance, the upper side from the exact reduction of prompts of any length to (v, H)
-    (search/reduced_prompt.py), started also from the relaxation's optimal point: the prompt found
-    is replayed in interval arithmetic, and a replayed error below the certified floor is a
-    violation (the claim's ERROR). The sandwich reads the rows as one more falsifier."""
-    from peftaudit.models.methods import get_method
-    from peftaudit.search.engine import rigorous_replay
-    from peftaudit.search.reduced_prompt import attack
-
-    prompt = get_method("prompt")
-    rows, violations = [], []
-    for i, inst in enumerate(instances):
-        cert = certificates.get(i, {})
-        floor = cert.get("margin") if cert.get("status") == "certified" else None
-        found = attack(inst, delta=cert.get("best_error"), seed=[seed, 27, i])
-        if found is None:
-            continue
-        upper = rigorous_replay(prompt, inst, {"prompt": found.prompt})[1]
-        if floor is not None and upper < floor:
-            violations.append(f"instance {i}: the reduced attack's prompt (length {len(found.prompt)}) reaches "
-                              f"{upper:.3g}, below the certified floor {floor:.3g}")
-        log(f"instance {i}: reduced attack {upper:.4g} (length {len(found.prompt)}, from a {found.start} start), "
-            f"floor {floor}")
-        rows.append({"instance": i, "floor": floor, "attack": upper, "length": len(found.prompt), "start": found.start,
-                     "ratio": None if floor is None or upper <= 0 else floor / upper})
-    return {"kind": "reduced-prompt-attack", "rows": rows, "violations": violations}
 
 
 def _certifier(claim_id: str):

@@ -10,6 +10,7 @@ from peftaudit.strategies.instances import l2_instance, l2_lora_instance
 from .base import Claim, MethodRun, register_claim
 from .l1 import SOURCE
 from .lv import value_rank_study
+from .prompt_attack import one_token_study
 
 POSITIONS = 2  # N: the falsifier searches prompts of length N - 1
 
@@ -53,7 +54,7 @@ L2 = register_claim(Claim(
     comparisons=(MethodRun("prompt", {}, (POSITIONS, 2 * POSITIONS)),
                  MethodRun("prefix-kv", {}, (1, POSITIONS, 2 * POSITIONS))),
     certify=_certify,
-    study=value_rank_study,  # LoRA on W_v's certified lower side in the parameter table
+    study=one_token_study,  # LoRA on W_v's certified lower side in the parameter table; the one-token attack
     parameter_table=True,
 ))
 
