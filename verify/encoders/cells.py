@@ -22,7 +22,7 @@ LEAF = -1
 @dataclass(frozen=True)
 class Budget:
     """How hard the branch and bound tries (an option with defaults)."""
-    leaves: int = 400        # leaves over all roots together
+    leaves: int = 250        # leaves over all roots together
     seconds: float = 2.0     # wall-clock; the trees found so far are kept
     gap: float = 1e-3        # stop when the lowest bound is within this relative gap of a centre value
 

@@ -417,9 +417,9 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
 
     sphere: the branch-and-bound budget of the margin's refinement on each member's delta-sphere
     (verify/encoders/l1_sphere.py); NO_REFINEMENT keeps the global (1 - kappa) delta.
-    normaliser: use the prompt's shared normaliser (the L1+ system). None: always for L1+; for L1,
-    both systems are tried and the larger radius kept (the same statement about the same model;
-    the certificate then says "shared_normaliser": true).
+    normaliser: use the prompt's shared normaliser (the L1+ system; always for L1+). For L1, None
+    tries it first (its relaxation is the tighter one: the same statement about the same model, and
+    the certificate then says "shared_normaliser": true) and the plain system where it fails.
     """
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
@@ -428,15 +428,14 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     if why is not None:
         return CertifyResult(claim, "not-applicable", why)
     data = _problem_data(inst, _group(inst))
-    use_shared = claim == "L1+" or normaliser is not False
-    result = _certify_plain(inst, claim, data, tolerance, timeout_ms) if normaliser is not True or claim == "L1+" \
-        else None
-    if use_shared:
-        shared = _certify_shared(inst, data, tolerance, timeout_ms)
-        if claim == "L1":
-            shared = _as_l1(shared)
-        if result is None or (shared.status == "certified" and (result.status != "certified" or shared.delta > result.delta)):
-            result = shared
+    if claim == "L1+":
+        result = _certify_shared(inst, data, tolerance, timeout_ms)
+    elif normaliser is False:
+        result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
+    else:  # the shared normaliser's system is the tighter relaxation: the plain one only where it fails
+        result = _as_l1(_certify_shared(inst, data, tolerance, timeout_ms))
+        if result.status != "certified" and normaliser is None:
+            result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
     if result.status == "certified" and sphere.leaves > 0:
         result = _with_sphere(inst, data, result, sphere)
     return result

@@ -14,7 +14,7 @@ import numpy as np
 
 from .cells import Budget, bisect
 
-DEFAULT_BUDGET = Budget(leaves=2000, seconds=2.0)
+DEFAULT_BUDGET = Budget(leaves=1000, seconds=2.0)
 
 
 def _bound(lo: np.ndarray, hi: np.ndarray, c: np.ndarray, a_lo: np.ndarray, a_hi: np.ndarray) -> float:
