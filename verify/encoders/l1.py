@@ -20,7 +20,7 @@ from scipy.optimize import linprog
 from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
-from .l1_sphere import DEFAULT_BUDGET, SphereBudget, cell_count, refined_margin
+from .l1_sphere import REFINE_MAX_D, SphereBudget, cell_count, refined_margin, refinement_budget
 from .selfcheck import self_check
 from .mlp import MLPWeights, branch_lipschitz, injectivity, invert
 from .rational import Vec, frac_str, matmul, matvec, q, qmat, qvec, transpose
@@ -412,14 +412,16 @@ def _certificate(inst: Instance, claim: str, data: _Data, delta: Fraction, margi
 
 def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERANCE,
             timeout_ms: int = 60_000, decide_injectivity: bool = False,
-            sphere: SphereBudget = DEFAULT_BUDGET, normaliser: bool | None = None) -> CertifyResult:
+            sphere: SphereBudget | None = None, normaliser: bool | None = None) -> CertifyResult:
     """Certify that no prompt of any length memorizes the instance (L1 or L1+), with a margin.
 
     sphere: the branch-and-bound budget of the margin's refinement on each member's delta-sphere
-    (verify/encoders/l1_sphere.py); NO_REFINEMENT keeps the global (1 - kappa) delta.
+    (verify/encoders/l1_sphere.py); NO_REFINEMENT keeps the global (1 - kappa) delta; None: the
+    default budget up to d = REFINE_MAX_D, none beyond (see refinement_budget).
     normaliser: use the prompt's shared normaliser (the L1+ system; always for L1+). For L1, None
-    tries it first (its relaxation is the tighter one: the same statement about the same model, and
-    the certificate then says "shared_normaliser": true) and the plain system where it fails.
+    tries it first up to d = REFINE_MAX_D (its relaxation is the tighter one: the same statement
+    about the same model, and the certificate then says "shared_normaliser": true) and the plain
+    system where it fails or beyond.
     """
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
@@ -432,10 +434,13 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
         result = _certify_shared(inst, data, tolerance, timeout_ms)
     elif normaliser is False:
         result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
+    elif normaliser is None and inst.spec.d > REFINE_MAX_D:
+        result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
     else:  # the shared normaliser's system is the tighter relaxation: the plain one only where it fails
         result = _as_l1(_certify_shared(inst, data, tolerance, timeout_ms))
         if result.status != "certified" and normaliser is None:
             result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
+    sphere = refinement_budget(inst.spec.d, sphere)
     if result.status == "certified" and sphere.leaves > 0:
         result = _with_sphere(inst, data, result, sphere)
     return result

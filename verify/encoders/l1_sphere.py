@@ -17,10 +17,18 @@ import numpy as np
 from .cells import LEAF, Budget, bisect
 from .mlp import MLPWeights
 
-
 SphereBudget = Budget  # per member: cells over all faces together, seconds, gap
 DEFAULT_BUDGET = SphereBudget()
 NO_REFINEMENT = SphereBudget(leaves=0)
+REFINE_MAX_D = 32  # beyond this width the default is no refinement: the exact check of a cell costs
+#                    O(d^2 m) per activation pattern, and at d = 64 it tripled certify + check time
+
+
+def refinement_budget(d: int, asked: SphereBudget | None) -> SphereBudget:
+    """The budget to use: the one asked for, else the default up to REFINE_MAX_D and none beyond."""
+    if asked is not None:
+        return asked
+    return DEFAULT_BUDGET if d <= REFINE_MAX_D else NO_REFINEMENT
 
 
 def _bound(W1: np.ndarray, W2: np.ndarray, pre0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:

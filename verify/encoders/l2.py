@@ -12,7 +12,7 @@ from peftaudit.instance import Instance, digest, to_dict
 
 from ..checkers import CERT_FORMAT
 from .cells import Budget
-from .l1_sphere import DEFAULT_BUDGET as SPHERE_BUDGET, cell_count, refined_margin
+from .l1_sphere import cell_count, refined_margin, refinement_budget
 from .l2_pair import DEFAULT_BUDGET as PAIR_BUDGET, pair_cells
 from .selfcheck import checked_result
 from .l1 import CertifyResult, DEFAULT_TOLERANCE
@@ -43,11 +43,12 @@ def hypotheses(inst: Instance, lora_variant: bool = False) -> str | None:
 
 
 def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, *, pair_budget: Budget = PAIR_BUDGET,
-               sphere: Budget = SPHERE_BUDGET) -> CertifyResult:
+               sphere: Budget | None = None) -> CertifyResult:
     """Certify that every prompt shorter than N keeps a layer-output error above a margin.
 
     pair_budget: the cell tree of the structured one-token radius (N = 2); sphere: the cell trees
-    of the MLP's local floor; Budget(leaves=0) turns either off (the Gram radius, (1 - kappa) delta)."""
+    of the MLP's local floor (None: l1_sphere.refinement_budget's default); Budget(leaves=0) turns
+    either off (the Gram radius, (1 - kappa) delta)."""
     why = hypotheses(inst)
     if why is not None:
         return CertifyResult("L2", "not-applicable", why)
@@ -96,6 +97,7 @@ def certify_l2(inst: Instance, tolerance: float = DEFAULT_TOLERANCE, *, pair_bud
             delta, extra, how = structured, {"pair_cells": tree}, "the structured one-token radius"
     kappa = branch_lipschitz(mlp)
     margin = (1 - kappa) * delta - max(residuals)
+    sphere = refinement_budget(d, sphere)
     if delta > 0 and sphere.leaves > 0:
         refined, record, _ = refined_margin(mlp, centres, residuals, float(kappa), float(delta), sphere)
         if refined > float(margin):
