@@ -145,3 +145,23 @@ def test_certificates_of_the_earlier_form_still_check(name):
     assert "sphere" not in cert and "shared_normaliser" not in cert
     verdict = check_certificate(cert)
     assert verdict.valid and verdict.margin >= Fraction(cert["margin"])
+
+
+def test_certify_cli_takes_the_cell_budget(tmp_path, capsys):
+    from peftaudit.cli import main
+    from peftaudit.instance import save
+
+    path = tmp_path / "l1.json"
+    save(l1_instance(np.random.default_rng(0), 4), path)
+    margins = {}
+    for cells in ("0", "250"):
+        out = tmp_path / f"c{cells}.json"
+        assert main(["certify", str(path), "--json", "--cells", cells, "--out", str(out)]) == 0
+        margins[cells] = json.loads(capsys.readouterr().out)["margin"]
+        assert ("sphere" in json.loads(out.read_text())) == (cells != "0")
+        assert main(["check-certificate", str(out)]) == 0
+        capsys.readouterr()
+    assert margins["250"] > margins["0"]
+    capsys.readouterr()
+    assert main(["certify", str(path), "--claim", "M", "--cells", "3"]) == 2
+    assert "apply to --claim L1, L1+ and L2 only" in capsys.readouterr().err

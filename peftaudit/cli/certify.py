@@ -48,6 +48,16 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.norm_bound is not None and args.claim != "M":
         print("peftaudit certify: --norm-bound applies to --claim M only", file=sys.stderr)
         return exits.BAD_INPUT
+    if (args.cells is not None or args.cell_seconds is not None) and args.claim not in ("L1", "L1+", "L2"):
+        print("peftaudit certify: --cells and --cell-seconds apply to --claim L1, L1+ and L2 only", file=sys.stderr)
+        return exits.BAD_INPUT
+    sphere = None
+    if args.cells is not None or args.cell_seconds is not None:
+        from peftaudit.verify.encoders.cells import Budget
+        default = Budget()
+        sphere = Budget(leaves=default.leaves if args.cells is None else args.cells,
+                        seconds=default.seconds if args.cell_seconds is None else args.cell_seconds)
+
     def run():
         if args.claim == "U":
             return _certify_u(inst)
@@ -59,11 +69,11 @@ def cmd_certify(args: argparse.Namespace) -> int:
             return certify_lv_scale(inst, tolerance=args.tolerance)
         if args.claim == "L2":
             from peftaudit.verify.encoders.l2 import certify_l2
-            return certify_l2(inst, tolerance=args.tolerance)
+            return certify_l2(inst, tolerance=args.tolerance, sphere=sphere)
         if args.claim == "M":
             from peftaudit.verify.encoders.m import certify_m
             return certify_m(inst, tolerance=args.tolerance, bound=args.norm_bound)
-        return certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True)
+        return certify(inst, args.claim, tolerance=args.tolerance, decide_injectivity=True, sphere=sphere)
     try:  # in a child process this one watches: the budgets hold whatever the instance does
         result = run_bounded(run, seconds=args.timeout or None, max_mb=args.max_memory or None)
     except BudgetExceeded as exc:
@@ -142,6 +152,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "meta.prompt_norm_bound)")
     p.add_argument("--tolerance", type=nonneg_float, default=1e-9,
                    help="certified means margin > TOLERANCE at the layer output (default 1e-9)")
+    p.add_argument("--cells", type=bounded(0, 100_000, "a number of cells from 0"), default=None,
+                   help="L1, L1+, L2: cells per member's radius sphere in the branch and bound of the MLP's local "
+                        "floor (0: the global (1 - kappa); default 250 up to d = 32, 0 beyond)")
+    p.add_argument("--cell-seconds", type=nonneg_float, default=None,
+                   help="L1, L1+, L2: wall-clock seconds per member for those cells (default 2); a tree cut short "
+                        "is still a cover, its floor the least over its cells")
     p.add_argument("--timeout", type=nonneg_float, default=60,
                    help="wall-clock seconds before giving up with status unknown, exit 4 (0: no limit; default 60)")
     p.add_argument("--max-memory", type=bounded(0, 2**20, "a budget in MB from 0"), default=1024,
