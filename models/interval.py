@@ -123,12 +123,8 @@ def _softmax(logits: IVec) -> IVec:
             lo, hi = ends(arg)
             if hi > EXP_CAP:
                 unbounded_below = min(lo, unbounded_below) if unbounded_below is not None else lo
-            elif hi < -EXP_CAP:
-                terms.append(iv.mpf([0, tiny]))
-            elif lo < -EXP_CAP:
-                terms.append(iv.mpf([0, iv.exp(_rational(hi)).b]))
             else:
-                terms.append(iv.exp(arg))
+                terms.append(_capped_exp(arg, lo, hi, tiny))
         if unbounded_below is not None and unbounded_below <= 0:  # a weight is always in [0, 1]
             out.append(iv.mpf([0, 1]))
         elif unbounded_below is not None:  # the sum is at least exp(lo) of that term
@@ -137,6 +133,16 @@ def _softmax(logits: IVec) -> IVec:
         else:
             out.append(1 / iv.fsum(terms))
     return out
+
+
+def _capped_exp(arg, lo: Fraction, hi: Fraction, tiny):
+    """exp(arg) enclosed, an argument that may lie below -EXP_CAP bounded by monotonicity (never
+    evaluated there): [0, exp(-EXP_CAP)] wholly below, [0, exp(hi)] partly."""
+    if hi < -EXP_CAP:
+        return iv.mpf([0, tiny])
+    if lo < -EXP_CAP:
+        return iv.mpf([0, iv.exp(_rational(hi)).b])
+    return iv.exp(arg)
 
 
 def _softmax_linear(logits: IVec) -> IVec:
@@ -149,13 +155,7 @@ def _softmax_linear(logits: IVec) -> IVec:
     terms = []
     for lk in logits:
         arg = lk - _rational(M)
-        lo, hi = ends(arg)
-        if hi < -EXP_CAP:
-            terms.append(iv.mpf([0, tiny]))
-        elif lo < -EXP_CAP:
-            terms.append(iv.mpf([0, iv.exp(_rational(hi)).b]))
-        else:
-            terms.append(iv.exp(arg))
+        terms.append(_capped_exp(arg, *ends(arg), tiny))
     total = iv.fsum(terms)
     if ends(total)[0] <= 0:  # cannot happen (the term at M is >= exp(-width)); stay sound anyway
         return [iv.mpf([0, 1]) for _ in logits]
