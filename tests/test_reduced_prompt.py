@@ -66,8 +66,8 @@ def test_the_study_turns_an_attack_below_a_floor_into_a_violation():
     insts = [l1_instance(np.random.default_rng(s), 3, "skew") for s in range(2)]
     true = {i: certify(inst, "L1").to_json() for i, inst in enumerate(insts)}
     study = reduced_attack_study(insts, true, get_profile("quick"), 0)
-    assert study["violations"] == [] and len(study["attack_rows"]) == 2
-    assert all(0 < r["ratio"] <= 1 for r in study["attack_rows"])
+    assert study["violations"] == [] and len(study["rows"]) == 2
+    assert all(0 < r["ratio"] <= 1 for r in study["rows"])
     lying = {0: dict(true[0], margin=1e6)}  # a floor the attack can show false
     study = reduced_attack_study(insts[:1], lying, get_profile("quick"), 0)
     assert len(study["violations"]) == 1 and "below the certified floor" in study["violations"][0]

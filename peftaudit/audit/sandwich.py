@@ -18,8 +18,9 @@ def sandwich_rows(c: dict) -> list[dict]:
         return []
     best: dict[int, tuple[float, str]] = {}
     candidates = [(r["instance"], r["max_abs_error"], label) for label, rows in c["search"].items() for r in rows]
-    candidates += [(r["instance"], r["attack"], r["label"])  # the claim's own attack, replayed exactly
-                   for r in (c.get("study") or {}).get("attack_rows", [])]
+    study = c.get("study") or {}
+    attacks = study["rows"] if study.get("kind") == "prompt-attack" else study.get("attack_rows", [])
+    candidates += [(r["instance"], r["attack"], r["label"]) for r in attacks]  # the claim's own, replayed exactly
     for instance, e, label in candidates:
         if e is not None and (instance not in best or e < best[instance][0]):
             best[instance] = (e, label)

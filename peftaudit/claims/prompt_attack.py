@@ -2,7 +2,8 @@
 reduction of prompts of any length, L2 through one-token prompts at every scale
 (search/reduced_prompt.py). Each prompt found is replayed in interval arithmetic; a replayed
 error below a certified floor is a violation (the claim's ERROR), and the report's sandwich reads
-the rows ("attack_rows") as one more falsifier."""
+the rows as one more falsifier: a study of its own ("prompt-attack", L1, L1+), or "attack_rows"
+beside another study's rows (L2)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from peftaudit.settings import Profile
 
 def attack_rows(instances, certificates: dict, seed: int, attack: Callable, label: str,
                 log=lambda s: None) -> dict:
-    """{"attack_rows": per instance {instance, floor, attack, length, label, ratio}, "violations": [...]}."""
+    """{"attack_rows": per instance {instance, floor, attack, length, label, ratio}, "violations": [...]}"""
     from peftaudit.models.methods import get_method
     from peftaudit.search.engine import rigorous_replay
 
@@ -42,7 +43,7 @@ def reduced_attack_study(instances, certificates: dict, profile: Profile, seed: 
 
     out = attack_rows(instances, certificates, seed,
                       lambda inst, cert, s: attack(inst, delta=cert.get("best_error"), seed=s), "reduced attack", log)
-    return {"kind": "prompt-attack", **out}
+    return {"kind": "prompt-attack", "rows": out["attack_rows"], "violations": out["violations"]}
 
 
 def one_token_study(instances, certificates: dict, profile: Profile, seed: int, log=lambda s: None) -> dict:
