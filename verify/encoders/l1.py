@@ -420,8 +420,8 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     default budget up to d = REFINE_MAX_D, none beyond (see refinement_budget).
     normaliser: use the prompt's shared normaliser (the L1+ system; always for L1+). For L1, None
     tries it first up to d = REFINE_MAX_D (its relaxation is the tighter one: the same statement
-    about the same model, and the certificate then says "shared_normaliser": true) and the plain
-    system where it fails or beyond.
+    about the same model, and the certificate then says "shared_normaliser": true), the plain
+    system beyond, or where the shared one ends unknown (where it is feasible, so is the plain).
     """
     if claim not in CLAIMS:
         from peftaudit.errors import UnknownNameError
@@ -437,9 +437,9 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     elif normaliser is None and inst.spec.d > REFINE_MAX_D:
         result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
     else:  # the shared normaliser's system is the tighter relaxation: the plain one only where it fails
-        result = _as_l1(_certify_shared(inst, data, tolerance, timeout_ms))
-        if result.status != "certified" and normaliser is None:
-            result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
+        result = _as_l1(_certify_plain(inst, "L1+", data, tolerance, timeout_ms))  # pieces: L1+ only (cost)
+        if result.status == "unknown" and normaliser is None:  # not-certified there is not-certified here too:
+            result = _certify_plain(inst, claim, data, tolerance, timeout_ms)  # the plain relaxation is looser
     sphere = refinement_budget(inst.spec.d, sphere)
     if result.status == "certified" and sphere.leaves > 0:
         result = _with_sphere(inst, data, result, sphere)
