@@ -50,16 +50,41 @@ class Attack:
     start: str          # "relaxation" or "random"
 
 
+def _single_layer(inst: Instance) -> bool:
+    """One layer, one head, a residual MLP, no layer norm: the models both attacks describe."""
+    spec = inst.spec
+    return len(spec.layers) == 1 and len(spec.layers[0].heads) == 1 and not spec.layernorm and spec.mlp == "residual"
+
+
+def _value_map(w) -> np.ndarray:
+    """(d, d) the head's value-to-output map Wo Wv (or Wv)."""
+    p = "layers.0.heads.0."
+    return w[p + "Wo"] @ w[p + "Wv"] if p + "Wo" in w else w[p + "Wv"]
+
+
+def _epigraph_minimax(residual, x: np.ndarray, bounds: list | None = None) -> np.ndarray:
+    """A local minimum of max |residual(x)| from x: min t subject to -t <= residual(x) <= t (SLSQP).
+    Returns the point found (x itself where the solver leaves the finite numbers)."""
+    start = np.concatenate([x, [float(np.abs(residual(x)).max())]])
+
+    def cons(y: np.ndarray) -> np.ndarray:
+        res = residual(y[:-1]).ravel()
+        return np.concatenate([y[-1] - res, y[-1] + res])
+
+    out = minimize(lambda y: y[-1], start, jac=lambda y: np.eye(len(y))[-1], method="SLSQP",
+                   bounds=None if bounds is None else bounds + [(0, None)],
+                   constraints=[{"type": "ineq", "fun": cons}], options={"maxiter": 300, "ftol": 1e-12})
+    return out.x[:-1] if np.all(np.isfinite(out.x)) else x
+
+
 def reduced(inst: Instance) -> Reduced | None:
     """The reduction's data, or None where it does not apply (not one layer and head, no residual
     MLP, layer norm, a target beyond the last position, or examples with different last tokens)."""
     spec, w = inst.spec, inst.weights
-    if len(spec.layers) != 1 or len(spec.layers[0].heads) != 1 or spec.layernorm or spec.mlp != "residual":
-        return None
-    if any(np.asarray(ex.Y).shape[0] != 1 for ex in inst.dataset):
+    if not _single_layer(inst) or any(np.asarray(ex.Y).shape[0] != 1 for ex in inst.dataset):
         return None
     p = "layers.0.heads.0."
-    V = w[p + "Wo"] @ w[p + "Wv"] if p + "Wo" in w else w[p + "Wv"]
+    V = _value_map(w)
     encoded = [np.asarray(ex.X, float) + (w["positional"][:len(ex.X)] if spec.positions else 0.0)
                for ex in inst.dataset]
     x0 = encoded[0][-1]
@@ -88,19 +113,11 @@ def residuals(r: Reduced, v: np.ndarray, H: float) -> np.ndarray:
 
 
 def _minimax(r: Reduced, v: np.ndarray, H: float, H_bounds: tuple[float, float]) -> tuple[np.ndarray, float, float]:
-    """Local minimum of max |residuals| over (v, H) from one start (epigraph form, SLSQP)."""
+    """Local minimum of max |residuals| over (v, H) from one start; never worse than the start."""
     d = len(v)
     t0 = float(np.abs(residuals(r, v, H)).max())
-    x0 = np.concatenate([v, [H, t0]])
-
-    def cons(x: np.ndarray) -> np.ndarray:
-        res = residuals(r, x[:d], x[d]).ravel()
-        return np.concatenate([x[-1] - res, x[-1] + res])
-
-    bounds = [(None, None)] * d + [H_bounds, (0, None)]
-    out = minimize(lambda x: x[-1], x0, jac=lambda x: np.eye(len(x))[-1], method="SLSQP", bounds=bounds,
-                   constraints=[{"type": "ineq", "fun": cons}], options={"maxiter": 300, "ftol": 1e-12})
-    x = out.x if np.all(np.isfinite(out.x)) else x0
+    x = _epigraph_minimax(lambda y: residuals(r, y[:d], y[d]), np.concatenate([v, [H]]),
+                          [(None, None)] * d + [H_bounds])
     v_best, H_best = x[:d], float(np.clip(x[d], *H_bounds))
     err = float(np.abs(residuals(r, v_best, H_best)).max())
     return (v_best, H_best, err) if err <= t0 else (v, H, t0)
@@ -189,11 +206,13 @@ def attack(inst: Instance, *, delta: float | None, seed: int | list[int],
     return Attack(realize(r, v, H), err, how)
 
 
-def _one_token_data(inst: Instance) -> list[tuple] | None:
-    """Per target position: (visible tokens (n, d), query key (d,), query token (d,), target (d,)),
-    for one-layer one-head residual models without layer norm; None otherwise."""
+def _one_token_data(inst: Instance) -> tuple | None:
+    """(V, the MLP, per target position (visible tokens (n, d), query key (d,), query token (d,),
+    target (d,))) for one-layer one-head residual models without layer norm; None otherwise."""
+    from peftaudit.verify.encoders.mlp import MLPWeights
+
     spec, w = inst.spec, inst.weights
-    if len(spec.layers) != 1 or len(spec.layers[0].heads) != 1 or spec.layernorm or spec.mlp != "residual":
+    if not _single_layer(inst):
         return None
     p = "layers.0.heads.0."
     out = []
@@ -203,21 +222,19 @@ def _one_token_data(inst: Instance) -> list[tuple] | None:
         for row, pos in enumerate(range(len(X) - len(Y), len(X))):
             visible = X if spec.attention == "encoder" else X[:pos + 1]
             out.append((visible, w[p + "Wk"].T @ (w[p + "Wq"] @ X[pos]), X[pos], Y[row]))
-    return out
+    return _value_map(w), MLPWeights.of_layer("residual", w), out
 
 
-def _one_token_residuals(inst: Instance, data: list[tuple], p: np.ndarray) -> np.ndarray:
-    """(positions, d) errors with the one-token prompt p prepended (float64)."""
-    w = inst.weights
-    V = w["layers.0.heads.0.Wo"] @ w["layers.0.heads.0.Wv"] if "layers.0.heads.0.Wo" in w else w["layers.0.heads.0.Wv"]
+def _one_token_residuals(data: tuple, p: np.ndarray) -> np.ndarray:
+    """(positions, d) errors with the one-token prompt p prepended (float64); data: _one_token_data's."""
+    V, mlp, rows = data
     out = []
-    for visible, key, x, y in data:
+    for visible, key, x, y in rows:
         Z = np.vstack([p[None, :], visible])                              # (1 + n, d)
         logits = Z @ key                                                  # (1 + n,)
         s = np.exp(logits - logits.max())
         h = x + V @ (s @ Z) / s.sum()                                      # (d,)
-        out.append(h + np.maximum(h @ w["layers.0.W1"].T + w["layers.0.b1"], 0) @ w["layers.0.W2"].T
-                   + w["layers.0.b2"] - y)
+        out.append(h + np.maximum(h @ mlp.W1.T + mlp.b1, 0) @ mlp.W2.T + mlp.b2 - y)
     return np.stack(out)
 
 
@@ -234,17 +251,9 @@ def one_token_attack(inst: Instance, *, seed: int | list[int], random_starts: in
     best = None
     for _ in range(random_starts):
         p0 = rng.normal(size=d) * 10 ** rng.uniform(*START_SCALES)
-        err0 = float(np.abs(_one_token_residuals(inst, data, p0)).max())
-        x0 = np.concatenate([p0, [err0]])
-
-        def cons(x: np.ndarray) -> np.ndarray:
-            res = _one_token_residuals(inst, data, x[:d]).ravel()
-            return np.concatenate([x[-1] - res, x[-1] + res])
-
-        found = minimize(lambda x: x[-1], x0, jac=lambda x: np.eye(len(x))[-1], method="SLSQP",
-                         constraints=[{"type": "ineq", "fun": cons}], options={"maxiter": 300, "ftol": 1e-12})
-        p = found.x[:d] if np.all(np.isfinite(found.x)) else p0
-        err = float(np.abs(_one_token_residuals(inst, data, p)).max())
+        err0 = float(np.abs(_one_token_residuals(data, p0)).max())
+        p = _epigraph_minimax(lambda x: _one_token_residuals(data, x), p0)
+        err = float(np.abs(_one_token_residuals(data, p)).max())
         if err > err0:
             p, err = p0, err0
         if best is None or err < best.error:

@@ -432,9 +432,7 @@ def certify(inst: Instance, claim: str = "L1", tolerance: float = DEFAULT_TOLERA
     data = _problem_data(inst, _group(inst))
     if claim == "L1+":
         result = _certify_shared(inst, data, tolerance, timeout_ms)
-    elif normaliser is False:
-        result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
-    elif normaliser is None and inst.spec.d > REFINE_MAX_D:
+    elif normaliser is False or (normaliser is None and inst.spec.d > REFINE_MAX_D):
         result = _certify_plain(inst, claim, data, tolerance, timeout_ms)
     else:  # the shared normaliser's system is the tighter relaxation: the plain one only where it fails
         result = _as_l1(_certify_plain(inst, "L1+", data, tolerance, timeout_ms))  # pieces: L1+ only (cost)
